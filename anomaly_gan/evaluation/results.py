@@ -1,0 +1,87 @@
+"""``results.json``: one file per run that reports, tables and sweeps read back.
+
+Written atomically (temporary file + ``os.replace``), so a crash or a pre-emption never
+leaves half a file that a report would misread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.json"
+IMAGE_METRICS = (
+    "auroc", "average_precision", "f1_max_oracle", "precision", "recall", "f1", "accuracy",
+)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_results(run_dir: str | Path, results: dict[str, Any]) -> Path:
+    """Write ``results`` to ``run_dir/results.json`` atomically; non-finite floats -> null."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / RESULTS_FILE
+    handle, temporary = tempfile.mkstemp(dir=run_dir, prefix=".results.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(_json_safe(results), stream, indent=2, allow_nan=False)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    return json.loads(path.read_text())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def format_results_table(results: dict[str, Any]) -> str:
+    """A plain-text table: one row per test category (and its defect types)."""
+    header = ["test set", "n (norm/anom)", *IMAGE_METRICS]
+    rows: list[list[str]] = []
+    for category, metrics in results.get("categories", {}).items():
+        counts = f"{metrics.get('n_normal', 0)}/{metrics.get('n_anomalous', 0)}"
+        rows.append([category, counts, *(_cell(metrics.get(k)) for k in IMAGE_METRICS)])
+        for kind, sub in metrics.get("by_defect_type", {}).items():
+            sub_counts = f"{sub.get('n_normal', 0)}/{sub.get('n_anomalous', 0)}"
+            rows.append([f"  {kind}", sub_counts, *(_cell(sub.get(k)) for k in IMAGE_METRICS)])
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True))
+             for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    threshold = results.get("threshold", {})
+    lines.append(
+        f"status: {results.get('status')}  threshold: {_cell(threshold.get('value'))} "
+        f"(quantile {threshold.get('quantile')} of validation-normal scores)  "
+        f"time: {_cell(results.get('duration_s'))} s"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""Adversarial autoencoder losses shared by every architecture.
+
+One generator objective, ``w_adv * adversarial + w_con * contextual + w_enc * encoder``,
+covers the papers' settings (REFERENCE.md):
+
+- GANomaly (Akcay 2018): feature-matching adversarial term, L1 context term, L2 encoder
+  term between the generator's two latent codes; weights 1 / 50 / 1.
+- Skip-GANomaly (Akcay 2019) and Skip-SA (Sun 2025): BCE adversarial term, L1 context term,
+  L2 "latent" term on the discriminator's last features (paper's w_lat is our w_enc).
+- MIFE / Baseline (Toker & Korkmaz): L2 reconstruction, BCE adversarial, L2 encoder term.
+
+Which latent pair the encoder term compares is the architecture's business (see
+``GanAnomalyModule.latent_pair``); the loss only measures it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Norm = Literal["l1", "l2"]
+AdversarialForm = Literal["feature_matching", "bce"]
+
+
+def distance(a: Tensor, b: Tensor, norm: Norm) -> Tensor:
+    """Mean absolute (l1) or mean squared (l2) difference over every element."""
+    if norm == "l1":
+        return F.l1_loss(a, b)
+    return F.mse_loss(a, b)
+
+
+def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """0.5 * (BCE(D(x), 1) + BCE(D(G(x)), 0)), as in the GANomaly reference."""
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return 0.5 * (real + fake)
+
+
+@dataclass(frozen=True)
+class GeneratorLoss:
+    """Weights and forms of the generator objective; every field is a ``loss.*`` config key."""
+
+    w_adv: float = 1.0
+    w_con: float = 50.0
+    w_enc: float = 1.0
+    reconstruction: Norm = "l1"
+    adversarial: AdversarialForm = "feature_matching"
+    encoder: Norm = "l2"
+
+    def __post_init__(self) -> None:
+        for key in ("w_adv", "w_con", "w_enc"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"loss.{key} must be >= 0, got {getattr(self, key)}")
+        for key, allowed in (
+            ("reconstruction", ("l1", "l2")),
+            ("encoder", ("l1", "l2")),
+            ("adversarial", ("feature_matching", "bce")),
+        ):
+            if getattr(self, key) not in allowed:
+                raise ValueError(
+                    f"loss.{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}"
+                )
+
+    @classmethod
+    def from_config(cls, config: GeneratorLoss | dict[str, Any]) -> GeneratorLoss:
+        """Accept an instance or a plain mapping (the form stored in checkpoints)."""
+        if isinstance(config, cls):
+            return config
+        return cls(**{k: v for k, v in dict(config).items() if k != "_target_"})
+
+    def to_config(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def terms(
+        self,
+        image: Tensor,
+        reconstruction: Tensor,
+        fake_logits: Tensor,
+        real_features: Tensor,
+        fake_features: Tensor,
+        latent_in: Tensor,
+        latent_out: Tensor,
+    ) -> dict[str, Tensor]:
+        """The unweighted terms, keyed by the names they are logged under (``g_*``)."""
+        if self.adversarial == "feature_matching":
+            adversarial = F.mse_loss(fake_features, real_features)
+        else:
+            adversarial = F.binary_cross_entropy_with_logits(
+                fake_logits, torch.ones_like(fake_logits)
+            )
+        return {
+            "g_adv": adversarial,
+            "g_con": distance(reconstruction, image, self.reconstruction),
+            "g_enc": distance(latent_out, latent_in, self.encoder),
+        }
+
+    def total(self, terms: dict[str, Tensor]) -> Tensor:
+        return (
+            self.w_adv * terms["g_adv"] + self.w_con * terms["g_con"] + self.w_enc * terms["g_enc"]
+        )

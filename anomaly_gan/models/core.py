@@ -1,0 +1,291 @@
+"""The shared GAN training core: one two-optimizer LightningModule for every architecture.
+
+An architecture subclasses :class:`GanAnomalyModule`, builds ``self.generator`` and
+``self.discriminator`` in its ``__init__`` and implements :meth:`generate` (what its
+generator returns). Training, validation, thresholding, testing and logging live here once.
+
+The manual step follows Lightning's GAN example and the GANomaly reference:
+
+1. the generator reconstructs the batch once;
+2. discriminator step (inside ``toggle_optimizer``): BCE on real vs detached fake;
+3. generator step (inside ``toggle_optimizer``): a *fresh* discriminator pass on the
+   fake, so the loss never reuses a graph that an optimizer step already modified (the
+   Skip-GANomaly reference code's in-place error);
+4. the discriminator is re-initialised when its loss falls under ``d_reinit_floor``
+   (GANomaly: a discriminator that wins outright gives the generator no signal).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from anomaly_gan.evaluation.metrics import (
+    image_metrics,
+    metrics_by_defect_type,
+    threshold_from_normals,
+)
+from anomaly_gan.losses import GeneratorLoss, discriminator_loss, distance
+from anomaly_gan.nets.init import dcgan_init
+from anomaly_gan.scoring import AnomalyScore
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; raised before the optimizer step it would spoil."""
+
+
+@dataclass
+class GeneratorOutput:
+    """What an architecture's generator gives back for a batch.
+
+    ``latent_in``/``latent_out`` are the generator's own latent codes (GANomaly's two
+    encoders). Architectures without them leave both ``None`` and the core uses the
+    discriminator's last features of input and reconstruction instead (Skip-GANomaly).
+    """
+
+    reconstruction: Tensor
+    latent_in: Tensor | None = None
+    latent_out: Tensor | None = None
+
+
+class GanAnomalyModule(L.LightningModule):
+    """Adversarially trained autoencoder for anomaly detection (base class).
+
+    Args:
+        image_size: side of the square input; comes from ``data.image_size``.
+        channels: 1 or 3; comes from ``data.channels``.
+        loss: generator objective (``loss`` config group).
+        scorer: how a test image becomes an anomaly score (``model/scorer`` group).
+        lr, betas: Adam settings shared by both optimizers (GANomaly: 2e-4, (0.5, 0.999)).
+        d_reinit_floor: re-initialise D when its loss falls below this; 0 disables.
+        threshold_quantile: decision threshold = this quantile of validation-normal scores.
+        gradient_clip_val: clip both networks' gradient norm (manual optimisation cannot use
+            ``Trainer(gradient_clip_val=...)``); ``None`` disables.
+    """
+
+    default_loss = GeneratorLoss()
+    default_scorer = AnomalyScore()
+
+    def __init__(
+        self,
+        image_size: int,
+        channels: int,
+        loss: GeneratorLoss | dict[str, Any] | None = None,
+        scorer: AnomalyScore | dict[str, Any] | None = None,
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.5, 0.999),
+        d_reinit_floor: float = 1e-5,
+        threshold_quantile: float = 0.95,
+        gradient_clip_val: float | None = None,
+    ) -> None:
+        super().__init__()
+        if channels not in (1, 3):
+            raise ValueError(f"data.channels must be 1 or 3, got {channels}")
+        if not 0.0 < threshold_quantile <= 1.0:
+            raise ValueError(
+                f"model.threshold_quantile must be in (0, 1], got {threshold_quantile}"
+            )
+        self.automatic_optimization = False
+        self.loss_fn = GeneratorLoss.from_config(loss) if loss else self.default_loss
+        self.scorer = AnomalyScore.from_config(scorer) if scorer else self.default_scorer
+        self.save_hyperparameters(ignore=["loss", "scorer"])
+        # Plain dicts, so checkpoints reload without unpickling our classes.
+        self.hparams["loss"] = self.loss_fn.to_config()
+        self.hparams["scorer"] = self.scorer.to_config()
+        # Travels inside the checkpoint with the weights it was computed for.
+        self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.generator: nn.Module
+        self.discriminator: nn.Module
+        self.d_reinit_count = 0
+        self.test_results: dict[str, dict[str, Any]] = {}
+        self._val_scores: list[Tensor] = []
+        self._test_outputs: dict[int, list[tuple[Tensor, Tensor, list[str]]]] = defaultdict(list)
+
+    # ----------------------------------------------------------------- architecture hooks
+    def generate(self, image: Tensor) -> GeneratorOutput:
+        """Run the generator; every architecture says here what it returns."""
+        raise NotImplementedError
+
+    def init_weights(self) -> None:
+        """DCGAN init on every layer of both networks (through ``apply``)."""
+        self.generator.apply(dcgan_init)
+        self.discriminator.apply(dcgan_init)
+
+    def reset_discriminator(self) -> None:
+        self.discriminator.apply(dcgan_init)
+
+    # ----------------------------------------------------------------------- shared maths
+    def latent_pair(
+        self,
+        image: Tensor,
+        output: GeneratorOutput,
+        real_features: Tensor | None = None,
+        fake_features: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The two codes the encoder loss and the latent score compare, (B, D) each."""
+        if output.latent_in is not None and output.latent_out is not None:
+            return output.latent_in, output.latent_out
+        if real_features is None:
+            _, real_features = self.discriminator(image)
+        if fake_features is None:
+            _, fake_features = self.discriminator(output.reconstruction)
+        return real_features.flatten(1), fake_features.flatten(1)
+
+    def score(self, image: Tensor) -> tuple[Tensor, GeneratorOutput]:
+        """Per-image anomaly scores (B,) and the generator output they came from."""
+        output = self.generate(image)
+        latent_in, latent_out = self.latent_pair(image, output)
+        return self.scorer(image, output.reconstruction, latent_in, latent_out), output
+
+    def forward(self, image: Tensor) -> Tensor:
+        """Anomaly score per image; call in eval mode (as Lightning's loops do)."""
+        return self.score(image)[0]
+
+    # ------------------------------------------------------------------------- training
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        betas = tuple(self.hparams.betas)
+        d_opt = torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas)
+        g_opt = torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas)
+        return [d_opt, g_opt]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        d_opt, g_opt = self.optimizers()
+        image = batch["image"]
+        output = self.generate(image)
+        fake = output.reconstruction
+
+        # Discriminator step: real vs (detached) reconstruction.
+        self.toggle_optimizer(d_opt)
+        real_logits, _ = self.discriminator(image)
+        fake_logits, _ = self.discriminator(fake.detach())
+        d_loss = discriminator_loss(real_logits, fake_logits)
+        self._ensure_finite({"d": d_loss}, batch_idx)
+        d_opt.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        self._clip(d_opt)
+        d_opt.step()
+        self.untoggle_optimizer(d_opt)
+
+        # Generator step: a fresh pass through the updated (and now frozen) discriminator.
+        self.toggle_optimizer(g_opt)
+        with torch.no_grad():
+            _, real_features = self.discriminator(image)
+        fake_logits, fake_features = self.discriminator(fake)
+        latent_in, latent_out = self.latent_pair(image, output, real_features, fake_features)
+        terms = self.loss_fn.terms(
+            image, fake, fake_logits, real_features, fake_features, latent_in, latent_out
+        )
+        g_loss = self.loss_fn.total(terms)
+        self._ensure_finite({**terms, "g": g_loss}, batch_idx)
+        g_opt.zero_grad(set_to_none=True)
+        self.manual_backward(g_loss)
+        self._clip(g_opt)
+        g_opt.step()
+        self.untoggle_optimizer(g_opt)
+
+        batch_size = image.shape[0]
+        self.log("train/d", d_loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/g", g_loss, prog_bar=True, batch_size=batch_size)
+        self.log_dict({f"train/{name}": value for name, value in terms.items()},
+                      batch_size=batch_size)
+        self._maybe_reset_discriminator(d_loss, d_opt)
+
+    def _clip(self, optimizer: Any) -> None:
+        if self.hparams.gradient_clip_val:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.hparams.gradient_clip_val,
+                gradient_clip_algorithm="norm",
+            )
+
+    def _maybe_reset_discriminator(self, d_loss: Tensor, d_opt: Any) -> None:
+        floor = self.hparams.d_reinit_floor
+        if floor and d_loss.item() < floor:
+            self.reset_discriminator()
+            # Adam's moments belong to the discarded weights.
+            d_opt.optimizer.state.clear()
+            self.d_reinit_count += 1
+            log.info(
+                "Discriminator loss %.3g fell below d_reinit_floor=%.3g at step %d: "
+                "discriminator re-initialised (%d so far).",
+                d_loss.item(), floor, self.global_step, self.d_reinit_count,
+            )
+        self.log("train/d_reinit", float(self.d_reinit_count), batch_size=1)
+
+    def _ensure_finite(self, terms: dict[str, Tensor], batch_idx: int) -> None:
+        values = torch.stack([value.detach().float() for value in terms.values()])
+        if bool(torch.isfinite(values).all()):
+            return
+        bad = [f"train/{name}={value.item()}" for name, value in terms.items()
+               if not torch.isfinite(value).item()]
+        checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or (
+            "none saved yet"
+        )
+        raise NonFiniteLossError(
+            f"Non-finite loss {', '.join(bad)} at global step {self.global_step} "
+            f"(epoch {self.current_epoch}, batch {batch_idx}). Training stopped before this "
+            f"update, so the last checkpoint ({checkpoint}) holds the last good weights. "
+            "Lower model.lr, set model.gradient_clip_val, or check the input images."
+        )
+
+    # ----------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_scores = []
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        image = batch["image"]
+        output = self.generate(image)
+        latent_in, latent_out = self.latent_pair(image, output)
+        scores = self.scorer(image, output.reconstruction, latent_in, latent_out)
+        self._val_scores.append(scores.detach())
+        batch_size = image.shape[0]
+        self.log("val/con", distance(output.reconstruction, image, self.loss_fn.reconstruction),
+                 prog_bar=True, batch_size=batch_size)
+        self.log("val/enc", distance(latent_out, latent_in, self.loss_fn.encoder),
+                 batch_size=batch_size)
+        self.log("val/score", scores.mean(), batch_size=batch_size)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_scores:
+            return
+        scores = self.all_gather(torch.cat(self._val_scores)).flatten()
+        # Runs before ModelCheckpoint saves, so each checkpoint carries its own threshold.
+        self.threshold.fill_(threshold_from_normals(scores, self.hparams.threshold_quantile))
+        self.log("val/threshold", self.threshold.float())
+
+    # ----------------------------------------------------------------------------- test
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs = defaultdict(list)
+        self.test_results = {}
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        scores, _ = self.score(batch["image"])
+        self._test_outputs[dataloader_idx].append(
+            (scores.detach().cpu(), batch["label"].detach().cpu(), list(batch["defect_type"]))
+        )
+
+    def on_test_epoch_end(self) -> None:
+        names = list(getattr(self.trainer.datamodule, "test_category_names", []) or [])
+        threshold = float(self.threshold)
+        for index in sorted(self._test_outputs):
+            chunks = self._test_outputs[index]
+            name = names[index] if index < len(names) else f"test_{index}"
+            scores = torch.cat([chunk[0] for chunk in chunks])
+            labels = torch.cat([chunk[1] for chunk in chunks])
+            defect_types = [kind for chunk in chunks for kind in chunk[2]]
+            metrics = image_metrics(scores, labels, threshold)
+            metrics["by_defect_type"] = metrics_by_defect_type(
+                scores, labels, defect_types, threshold
+            )
+            self.test_results[name] = metrics
+            for key, value in metrics.items():
+                if isinstance(value, float):
+                    self.log(f"test/{name}/{key}", value)
+        self._test_outputs = defaultdict(list)

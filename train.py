@@ -1,0 +1,28 @@
+"""Train and evaluate a GAN anomaly detector: ``python train.py [group=option] [key=value]``.
+
+Examples::
+
+    python train.py                                          # GANomaly on built-in data
+    python train.py data=mvtec data.root=/data/mvtec data.category=bottle
+    python train.py -m loss.w_adv=0.5,1 loss.w_con=0.3,50    # Hydra sweep
+"""
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from anomaly_gan.training import train  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    results = train(cfg)
+    # A sweeper (e.g. Optuna) optimises what main returns: a validation quantity, never test.
+    return results.get("checkpoint", {}).get("monitor_value")
+
+
+if __name__ == "__main__":
+    main()
