@@ -11,10 +11,10 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+import hydra
+from omegaconf import DictConfig
 
-from anomaly_gan.training import train  # noqa: E402
+from anomaly_gan.training import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -27,8 +27,11 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     """Instantiate every ``_target_`` entry of a callbacks/logger group (may be empty)."""
     if not group:
         return []
-    return [hydra.utils.instantiate(entry) for entry in group.values()
-            if isinstance(entry, DictConfig) and "_target_" in entry]
+    return [
+        hydra.utils.instantiate(entry)
+        for entry in group.values()
+        if isinstance(entry, DictConfig) and "_target_" in entry
+    ]
 
 
 def _config_summary(cfg: DictConfig) -> dict[str, Any]:

@@ -89,7 +89,9 @@ def metrics_by_defect_type(
     scores: Tensor, labels: Tensor, defect_types: list[str], threshold: float
 ) -> dict[str, dict[str, Any]]:
     """Normals against each defect type alone: which kinds of defect the model finds."""
-    kinds = sorted({kind for kind, label in zip(defect_types, labels.tolist(), strict=True) if label})
+    kinds = sorted(
+        {kind for kind, label in zip(defect_types, labels.tolist(), strict=True) if label}
+    )
     normal = labels == 0
     per_type = {}
     for kind in kinds:

@@ -15,7 +15,13 @@ from typing import Any
 
 RESULTS_FILE = "results.json"
 IMAGE_METRICS = (
-    "auroc", "average_precision", "f1_max_oracle", "precision", "recall", "f1", "accuracy",
+    "auroc",
+    "average_precision",
+    "f1_max_oracle",
+    "precision",
+    "recall",
+    "f1",
+    "accuracy",
 )
 
 
@@ -75,8 +81,10 @@ def format_results_table(results: dict[str, Any]) -> str:
             sub_counts = f"{sub.get('n_normal', 0)}/{sub.get('n_anomalous', 0)}"
             rows.append([f"  {kind}", sub_counts, *(_cell(sub.get(k)) for k in IMAGE_METRICS)])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True))
-             for row in [header, *rows]]
+    lines = [
+        "  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True))
+        for row in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     threshold = results.get("threshold", {})
     lines.append(

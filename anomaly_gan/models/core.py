@@ -194,14 +194,16 @@ class GanAnomalyModule(L.LightningModule):
         batch_size = image.shape[0]
         self.log("train/d", d_loss, prog_bar=True, batch_size=batch_size)
         self.log("train/g", g_loss, prog_bar=True, batch_size=batch_size)
-        self.log_dict({f"train/{name}": value for name, value in terms.items()},
-                      batch_size=batch_size)
+        self.log_dict(
+            {f"train/{name}": value for name, value in terms.items()}, batch_size=batch_size
+        )
         self._maybe_reset_discriminator(d_loss, d_opt)
 
     def _clip(self, optimizer: Any) -> None:
         if self.hparams.gradient_clip_val:
             self.clip_gradients(
-                optimizer, gradient_clip_val=self.hparams.gradient_clip_val,
+                optimizer,
+                gradient_clip_val=self.hparams.gradient_clip_val,
                 gradient_clip_algorithm="norm",
             )
 
@@ -215,7 +217,10 @@ class GanAnomalyModule(L.LightningModule):
             log.info(
                 "Discriminator loss %.3g fell below d_reinit_floor=%.3g at step %d: "
                 "discriminator re-initialised (%d so far).",
-                d_loss.item(), floor, self.global_step, self.d_reinit_count,
+                d_loss.item(),
+                floor,
+                self.global_step,
+                self.d_reinit_count,
             )
         self.log("train/d_reinit", float(self.d_reinit_count), batch_size=1)
 
@@ -223,8 +228,11 @@ class GanAnomalyModule(L.LightningModule):
         values = torch.stack([value.detach().float() for value in terms.values()])
         if bool(torch.isfinite(values).all()):
             return
-        bad = [f"train/{name}={value.item()}" for name, value in terms.items()
-               if not torch.isfinite(value).item()]
+        bad = [
+            f"train/{name}={value.item()}"
+            for name, value in terms.items()
+            if not torch.isfinite(value).item()
+        ]
         checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or (
             "none saved yet"
         )
@@ -246,10 +254,15 @@ class GanAnomalyModule(L.LightningModule):
         scores = self.scorer(image, output.reconstruction, latent_in, latent_out)
         self._val_scores.append(scores.detach())
         batch_size = image.shape[0]
-        self.log("val/con", distance(output.reconstruction, image, self.loss_fn.reconstruction),
-                 prog_bar=True, batch_size=batch_size)
-        self.log("val/enc", distance(latent_out, latent_in, self.loss_fn.encoder),
-                 batch_size=batch_size)
+        self.log(
+            "val/con",
+            distance(output.reconstruction, image, self.loss_fn.reconstruction),
+            prog_bar=True,
+            batch_size=batch_size,
+        )
+        self.log(
+            "val/enc", distance(latent_out, latent_in, self.loss_fn.encoder), batch_size=batch_size
+        )
         self.log("val/score", scores.mean(), batch_size=batch_size)
 
     def on_validation_epoch_end(self) -> None:

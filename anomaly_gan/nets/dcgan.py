@@ -13,9 +13,9 @@ code would crash; the decoder mirrors that plan, so every multiple of 16 works.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 MIN_IMAGE_SIZE = 32
@@ -103,7 +103,7 @@ class DcganDecoder(nn.Module):
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(inplace=True),
         ]
-        for in_width, out_width in zip(widths, widths[1:], strict=False):
+        for in_width, out_width in itertools.pairwise(widths):
             layers += [
                 nn.ConvTranspose2d(in_width, out_width, 4, 2, 1, bias=False),
                 nn.BatchNorm2d(out_width),
@@ -180,4 +180,3 @@ __all__ = [
     "dcgan_plan",
     "supported_dcgan_sizes",
 ]
-

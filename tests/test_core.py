@@ -1,0 +1,168 @@
+"""The shared GAN core: batch-independent scores, D re-initialisation, non-finite losses."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch.utils.data import DataLoader, Dataset
+
+from anomaly_gan.models import Ganomaly, NonFiniteLossError
+from anomaly_gan.nets import dcgan_init
+from anomaly_gan.scoring import AnomalyScore
+
+
+class RandomImages(Dataset):
+    """Real tensors in the batch format of the data modules; ``poison`` makes them NaN."""
+
+    def __init__(self, n: int = 16, size: int = 32, channels: int = 3) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.rand(n, channels, size, size, generator=generator) * 2 - 1
+        self.poison = False
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        image = self.images[index].clone()
+        if self.poison:
+            image[:] = float("nan")
+        return {
+            "image": image,
+            "label": torch.tensor(0),
+            "mask": torch.zeros(1, *image.shape[1:]),
+            "image_path": f"img{index}.png",
+            "defect_type": "good",
+        }
+
+
+def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def _trained_model(tmp_path: Path, scorer: AnomalyScore) -> Ganomaly:
+    model = Ganomaly(image_size=32, channels=3, scorer=scorer)
+    loader = DataLoader(RandomImages(), batch_size=8)
+    _trainer(tmp_path, max_steps=4, enable_checkpointing=False, limit_val_batches=0).fit(
+        model, loader
+    )
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "scorer",
+    [AnomalyScore(), AnomalyScore(0.0, 1.0, "l1"), AnomalyScore(0.1, 0.9, "l2")],
+    ids=["latent", "reconstruction_l1", "mix"],
+)
+def test_eval_score_does_not_depend_on_batch_mates(tmp_path: Path, scorer: AnomalyScore) -> None:
+    model = _trained_model(tmp_path, scorer)
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        alone = torch.cat([model(images[i : i + 1]) for i in range(6)])
+        together = model(images)
+        reordered = model(images.flip(0)).flip(0)
+        with_others = model(torch.cat([images, torch.randn(5, 3, 32, 32) * 3]))[:6]
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(reordered, alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(with_others, alone, rtol=1e-5, atol=1e-6)
+    # The check has teeth: in train mode (the GANomaly reference code's test-time setting)
+    # BatchNorm uses batch statistics and the same image scores differently.
+    model.train()
+    with torch.no_grad():
+        in_train_mode = model(torch.cat([images, torch.randn(5, 3, 32, 32) * 3]))[:6]
+    assert not torch.allclose(in_train_mode, alone, rtol=1e-3)
+
+
+def test_dcgan_init_reaches_every_layer() -> None:
+    model = Ganomaly(image_size=64, channels=3)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert convs and norms
+    for conv in convs:
+        assert conv.weight.mean().abs() < 0.01 and 0.015 < conv.weight.std() < 0.025
+    for norm in norms:
+        assert (norm.weight - 1).abs().max() < 0.15 and torch.all(norm.bias == 0)
+
+
+def test_discriminator_reinitialised_below_floor(tmp_path: Path) -> None:
+    model = Ganomaly(image_size=32, channels=3, d_reinit_floor=1e9)  # every step is "too good"
+    before = [p.detach().clone() for p in model.discriminator.parameters()]
+    trainer = _trainer(tmp_path, max_steps=6, enable_checkpointing=False, limit_val_batches=0)
+    trainer.fit(model, DataLoader(RandomImages(), batch_size=8))
+    assert model.d_reinit_count == 3  # max_steps counts both optimizers: 3 batches
+    assert trainer.logged_metrics["train/d_reinit"] == 3
+    d_opt = trainer.optimizers[0]
+    assert len(d_opt.state) == 0, "Adam moments of the discarded discriminator were kept"
+    # Fresh DCGAN init each time: weights moved away from the first init and keep its scale.
+    after = list(model.discriminator.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    first_conv = model.discriminator.features[0].weight.detach()
+    assert 0.015 < float(first_conv.std()) < 0.025
+
+
+def test_no_reinitialisation_with_floor_zero(tmp_path: Path) -> None:
+    model = Ganomaly(image_size=32, channels=3, d_reinit_floor=0)
+    trainer = _trainer(tmp_path, max_steps=4, enable_checkpointing=False, limit_val_batches=0)
+    trainer.fit(model, DataLoader(RandomImages(), batch_size=8))
+    assert model.d_reinit_count == 0
+
+
+class PoisonAtEpoch(Callback):
+    def __init__(self, dataset: RandomImages, epoch: int) -> None:
+        self.dataset, self.epoch = dataset, epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.dataset.poison = trainer.current_epoch >= self.epoch
+
+
+def test_non_finite_loss_stops_with_named_term_and_keeps_last_good_checkpoint(
+    tmp_path: Path,
+) -> None:
+    dataset = RandomImages()
+    val_dataset = RandomImages(n=8)
+    model = Ganomaly(image_size=32, channels=3)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = _trainer(tmp_path, max_epochs=3, callbacks=[checkpoint, PoisonAtEpoch(dataset, 1)])
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.fit(model, DataLoader(dataset, batch_size=8), DataLoader(val_dataset, batch_size=8))
+    message = str(error.value)
+    assert "train/d=nan" in message
+    assert "global step 4" in message and "epoch 1" in message
+    assert "last.ckpt" in message
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert all(torch.isfinite(p).all() for p in model.parameters()), "bad update was applied"
+
+
+def test_threshold_travels_in_checkpoint(tmp_path: Path) -> None:
+    model = Ganomaly(image_size=32, channels=3, threshold_quantile=0.9)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = _trainer(tmp_path, max_epochs=1, callbacks=[checkpoint])
+    trainer.fit(
+        model,
+        DataLoader(RandomImages(), batch_size=8),
+        DataLoader(RandomImages(n=10), batch_size=4),
+    )
+    assert math.isfinite(float(model.threshold))
+    restored = Ganomaly.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert float(restored.threshold) == pytest.approx(float(model.threshold))
+    assert restored.hparams.threshold_quantile == 0.9
+
+
+def test_dcgan_init_applies_to_linear_and_skips_parameterless() -> None:
+    layer = torch.nn.Linear(200, 300)
+    dcgan_init(layer)
+    assert 0.015 < float(layer.weight.std()) < 0.025 and torch.all(layer.bias == 0)
+    dcgan_init(torch.nn.ReLU())  # no parameters: nothing to do, no error

@@ -1,0 +1,93 @@
+"""``python train.py`` end to end, as a user runs it, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from tests.conftest import run_train
+
+
+def _only_run_dir(root: Path) -> Path:
+    runs = sorted((root / "outputs" / "train").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_train_writes_valid_results_json(tmp_path: Path, cache_dir: Path) -> None:
+    completed = run_train(
+        "debug=fast", f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}"
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    run_dir = _only_run_dir(tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+
+    assert results["status"] == "completed"
+    assert results["config"]["model"] == "Ganomaly" and results["config"]["image_size"] == 32
+    metrics = results["categories"]["textile"]
+    assert metrics["n_normal"] > 0 and metrics["n_anomalous"] > 0
+    for key in (
+        "auroc",
+        "average_precision",
+        "f1_max_oracle",
+        "precision",
+        "recall",
+        "f1",
+        "accuracy",
+    ):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    matrix = metrics["confusion_matrix"]
+    assert sum(matrix.values()) == metrics["n_images"]
+    assert matrix["tp"] + matrix["fn"] == metrics["n_anomalous"]
+    assert set(metrics["by_defect_type"]) == {"missing", "scratch", "spot", "stain"}
+    assert math.isfinite(results["threshold"]["value"])
+    assert results["threshold"]["source"] == "validation normals"
+    assert results["duration_s"] > 0 and not list(run_dir.glob(".results.*"))
+
+    # The tested checkpoint was chosen on validation and carries its threshold.
+    checkpoint = Path(results["checkpoint"]["path"])
+    assert results["checkpoint"]["monitor"] == "val/con" and checkpoint.is_file()
+    state = torch.load(checkpoint, weights_only=True)
+    assert float(state["state_dict"]["threshold"]) == results["threshold"]["value"]
+    assert state["datamodule_hyper_parameters"]["image_size"] == 32
+
+    # The table is printed and the metrics are logged.
+    assert "auroc" in completed.stdout and "textile" in completed.stdout
+    logged = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for column in (
+        "train/g_adv",
+        "train/g_con",
+        "train/g_enc",
+        "train/d",
+        "val/con",
+        "test/textile/auroc",
+    ):
+        assert column in logged, column
+
+
+def test_failed_run_records_status_and_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_dataset"
+    completed = run_train("data=mvtec", f"data.root={missing}", f"paths.root_dir={tmp_path}")
+    assert completed.returncode != 0
+    results = json.loads((_only_run_dir(tmp_path) / "results.json").read_text())
+    assert results["status"] == "failed"
+    assert str(missing) in results["error"]["message"]
+    assert "train/good" in results["error"]["message"]
+    assert "Traceback" in results["error"]["traceback"]
+
+
+def test_last_checkpoint_selection(tmp_path: Path, cache_dir: Path) -> None:
+    completed = run_train(
+        "debug=fast",
+        "test_checkpoint=last",
+        "logger=none",
+        f"paths.root_dir={tmp_path}",
+        f"paths.cache_dir={cache_dir}",
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((_only_run_dir(tmp_path) / "results.json").read_text())
+    assert results["checkpoint"]["selection"] == "last"
+    assert results["checkpoint"]["path"].endswith("last.ckpt")
