@@ -11,15 +11,29 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import logging
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from anomaly_gan.training import train
 
+log = logging.getLogger("train")
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    results = train(cfg)
+    try:
+        results = train(cfg)
+    except Exception:
+        # In a sweep, one failed job (recorded as failed in its results.json) must not stop
+        # the others; a single run still exits with the error.
+        if HydraConfig.get().mode == RunMode.MULTIRUN and cfg.get("continue_sweep_on_failure"):
+            log.exception("Job failed; its results.json records the error. Sweep continues.")
+            return None
+        raise
     # A sweeper (e.g. Optuna) optimises what main returns: a validation quantity, never test.
     return results.get("checkpoint", {}).get("monitor_value")
 

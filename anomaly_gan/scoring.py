@@ -10,10 +10,12 @@ depend on batch order.)
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from torch import Tensor
+from torchvision.transforms.v2.functional import gaussian_blur
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class AnomalyScore:
     latent_weight: float = 1.0
     reconstruction_weight: float = 0.0
     reconstruction_norm: Literal["l1", "l2"] = "l2"
+    #: Gaussian smoothing of the anomaly map (pixels); 0 = raw per-pixel error.
+    map_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         if self.latent_weight < 0 or self.reconstruction_weight < 0:
@@ -43,6 +47,8 @@ class AnomalyScore:
                 f"model.scorer.reconstruction_norm={self.reconstruction_norm!r}: "
                 "expected 'l1' or 'l2'"
             )
+        if self.map_sigma < 0:
+            raise ValueError(f"model.scorer.map_sigma must be >= 0, got {self.map_sigma}")
 
     @classmethod
     def from_config(cls, config: AnomalyScore | dict[str, Any]) -> AnomalyScore:
@@ -54,7 +60,14 @@ class AnomalyScore:
         return asdict(self)
 
     def anomaly_map(self, image: Tensor, reconstruction: Tensor) -> Tensor:
-        """Per-pixel reconstruction error, (B, C, H, W) -> (B, 1, H, W)."""
+        """Per-pixel reconstruction error, (B, C, H, W) -> (B, 1, H, W), optionally smoothed."""
+        error = self._pixel_error(image, reconstruction)
+        if self.map_sigma > 0:
+            kernel = 2 * math.ceil(3 * self.map_sigma) + 1
+            error = gaussian_blur(error, [kernel, kernel], [self.map_sigma, self.map_sigma])
+        return error
+
+    def _pixel_error(self, image: Tensor, reconstruction: Tensor) -> Tensor:
         error = (image - reconstruction).abs()
         if self.reconstruction_norm == "l2":
             error = error.square()
@@ -69,6 +82,6 @@ class AnomalyScore:
             latent_distance = (latent_in - latent_out).flatten(1).square().mean(dim=1)
             score = score + self.latent_weight * latent_distance
         if self.reconstruction_weight:
-            error = self.anomaly_map(image, reconstruction).flatten(1).mean(dim=1)
+            error = self._pixel_error(image, reconstruction).flatten(1).mean(dim=1)
             score = score + self.reconstruction_weight * error
         return score

@@ -16,9 +16,13 @@ from typing import Any
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from anomaly_gan.evaluation.results import format_results_table, write_results
+from anomaly_gan.evaluation.artifacts import write_test_artifacts
+from anomaly_gan.evaluation.results import IMAGE_METRICS, format_results_table, write_results
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +38,102 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     ]
 
 
+def _choice(group: str, cfg_node: DictConfig) -> str:
+    """The config-group option used (``skip_sa``), or the class name outside Hydra."""
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get(group)
+        if choice:
+            return str(choice)
+    return cfg_node._target_.rsplit(".", 1)[-1]
+
+
+def _sweep_info() -> dict[str, Any]:
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {}
+    hydra_cfg = HydraConfig.get()
+    return {
+        "sweep_dir": str(Path(hydra_cfg.sweep.dir).resolve()),
+        "job_num": hydra_cfg.job.num,
+        "overrides": list(hydra_cfg.overrides.task),
+    }
+
+
+def _fill_wandb_defaults(cfg: DictConfig, summary: dict[str, Any]) -> None:
+    """Group W&B runs by sweep and tag them by model/data/category unless set explicitly."""
+    sweep = _sweep_info()
+    for entry in (cfg.get("logger") or {}).values():
+        if not isinstance(entry, DictConfig) or not str(entry.get("_target_", "")).endswith(
+            "WandbLogger"
+        ):
+            continue
+        with open_dict(entry):
+            if entry.get("group") is None and sweep:
+                entry.group = Path(sweep["sweep_dir"]).name
+            if entry.get("tags") is None:
+                entry.tags = [
+                    summary["model_name"],
+                    summary["data_name"],
+                    str(summary["category"]),
+                    *summary["tags"],
+                ]
+            if entry.get("name") is None:
+                suffix = f"-{sweep['job_num']}" if sweep else ""
+                entry.name = f"{summary['model_name']}-{summary['category']}{suffix}"
+
+
+def _log_to_wandb(trainer: L.Trainer, results: dict[str, Any], run_dir: Path) -> None:
+    """Figures and a per-category table for W&B dashboards."""
+    for logger in trainer.loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        columns = [
+            "test_set",
+            "model",
+            "train_category",
+            "n_normal",
+            "n_anomalous",
+            *IMAGE_METRICS,
+            "pixel_auroc",
+            "aupro",
+        ]
+        config = results["config"]
+        rows = [
+            [
+                name,
+                config["model_name"],
+                str(config["category"]),
+                m.get("n_normal"),
+                m.get("n_anomalous"),
+                *(m.get(k) for k in IMAGE_METRICS),
+                m.get("pixel_auroc"),
+                m.get("aupro"),
+            ]
+            for name, m in results["categories"].items()
+        ]
+        logger.log_table(key="test/results", columns=columns, data=rows)
+        for category, files in results.get("artifacts", {}).items():
+            for kind, relative in files.items():
+                logger.log_image(key=f"test/{category}/{kind}", images=[str(run_dir / relative)])
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run so the next multirun job starts its own."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
+
+
 def _config_summary(cfg: DictConfig) -> dict[str, Any]:
     data = cfg.data
     return {
         "task_name": cfg.get("task_name"),
+        "model_name": _choice("model", cfg.model),
+        "data_name": _choice("data", cfg.data),
         "model": cfg.model._target_.rsplit(".", 1)[-1],
         "data": data._target_.rsplit(".", 1)[-1],
         "category": data.get("category"),
+        "test_categories": list(data.get("test_categories") or [data.get("category")]),
         "image_size": data.image_size,
         "channels": data.channels,
         "seed": cfg.seed,
@@ -78,8 +171,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "run_dir": str(run_dir.resolve()),
         "config": _config_summary(cfg),
+        **_sweep_info(),
     }
     try:
+        _fill_wandb_defaults(cfg, results["config"])
         if cfg.get("seed") is not None:
             L.seed_everything(cfg.seed, workers=True)
         # Plain Python containers, so checkpoints hold no OmegaConf objects and reload with
@@ -105,6 +200,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
         results["n_train"] = len(datamodule.train_samples)
         results["categories"] = model.test_results
+        results["artifacts"] = write_test_artifacts(model, datamodule, run_dir)
+        _log_to_wandb(trainer, results, run_dir)
         results["status"] = "completed"
     except BaseException as error:
         results["status"] = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
@@ -119,6 +216,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["duration_s"] = round(time.monotonic() - started, 2)
         path = write_results(run_dir, results)
         log.info("Results written to %s", path)
+        _finish_wandb()
     print(format_results_table(results))
     print(f"results: {path}")
     return results

@@ -26,11 +26,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from anomaly_gan.evaluation.metrics import (
-    image_metrics,
-    metrics_by_defect_type,
-    threshold_from_normals,
-)
+from anomaly_gan.evaluation.metrics import threshold_from_normals
+from anomaly_gan.evaluation.test_set import TestSetOutputs
 from anomaly_gan.losses import GeneratorLoss, discriminator_loss, distance
 from anomaly_gan.nets.init import dcgan_init
 from anomaly_gan.scoring import AnomalyScore
@@ -106,8 +103,9 @@ class GanAnomalyModule(L.LightningModule):
         self.discriminator: nn.Module
         self.d_reinit_count = 0
         self.test_results: dict[str, dict[str, Any]] = {}
+        self.test_outputs: dict[str, TestSetOutputs] = {}
         self._val_scores: list[Tensor] = []
-        self._test_outputs: dict[int, list[tuple[Tensor, Tensor, list[str]]]] = defaultdict(list)
+        self._test_sets: dict[int, TestSetOutputs] = defaultdict(TestSetOutputs)
 
     # ----------------------------------------------------------------- architecture hooks
     def generate(self, image: Tensor) -> GeneratorOutput:
@@ -275,30 +273,25 @@ class GanAnomalyModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------- test
     def on_test_epoch_start(self) -> None:
-        self._test_outputs = defaultdict(list)
-        self.test_results = {}
+        self._test_sets = defaultdict(TestSetOutputs)
+        self.test_results, self.test_outputs = {}, {}
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        scores, _ = self.score(batch["image"])
-        self._test_outputs[dataloader_idx].append(
-            (scores.detach().cpu(), batch["label"].detach().cpu(), list(batch["defect_type"]))
-        )
+        image = batch["image"]
+        scores, output = self.score(image)
+        maps = self.scorer.anomaly_map(image, output.reconstruction)
+        self._test_sets[dataloader_idx].add(scores, batch, maps)
 
     def on_test_epoch_end(self) -> None:
+        """Metrics per test set (one per test category), logged as test/<category>/<metric>."""
         names = list(getattr(self.trainer.datamodule, "test_category_names", []) or [])
         threshold = float(self.threshold)
-        for index in sorted(self._test_outputs):
-            chunks = self._test_outputs[index]
+        for index in sorted(self._test_sets):
             name = names[index] if index < len(names) else f"test_{index}"
-            scores = torch.cat([chunk[0] for chunk in chunks])
-            labels = torch.cat([chunk[1] for chunk in chunks])
-            defect_types = [kind for chunk in chunks for kind in chunk[2]]
-            metrics = image_metrics(scores, labels, threshold)
-            metrics["by_defect_type"] = metrics_by_defect_type(
-                scores, labels, defect_types, threshold
-            )
-            self.test_results[name] = metrics
+            outputs = self._test_sets[index]
+            metrics = outputs.evaluate(threshold)
+            self.test_results[name], self.test_outputs[name] = metrics, outputs
             for key, value in metrics.items():
                 if isinstance(value, float):
                     self.log(f"test/{name}/{key}", value)
-        self._test_outputs = defaultdict(list)
+        self._test_sets = defaultdict(TestSetOutputs)

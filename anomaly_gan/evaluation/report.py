@@ -1,0 +1,243 @@
+"""Tables and figures across runs: the papers' layouts, rebuilt from ``results.json`` files.
+
+- AUROC table (skip-SA paper, Tables 1 and 2): test category x model, with a mean row.
+- Precision / recall / F1 table (MIFE paper, Table I): test class x model.
+- AUROC per category per model as a line plot (skip-SA paper, Fig. 8).
+- Confusion matrices, one per model x test class (MIFE paper, Fig. 2).
+
+Runs that failed, or job directories without a ``results.json``, appear as ``failed`` /
+``missing`` cells, never silently dropped. Repeated runs of one cell (seeds) are shown as
+mean ± std.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from anomaly_gan.evaluation.plots import plot_auroc_lines, plot_confusion_grid
+from anomaly_gan.evaluation.results import RESULTS_FILE
+
+COMPLETED = "completed"
+
+
+@dataclass
+class RunRecord:
+    """One training job as the report sees it."""
+
+    directory: Path
+    model: str
+    status: str  # completed | failed | interrupted | running | missing
+    test_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    expected_test_sets: list[str] = field(default_factory=list)
+    seed: Any = None
+
+
+def _record_from_results(path: Path) -> RunRecord:
+    results = json.loads(path.read_text())
+    config = results.get("config", {})
+    return RunRecord(
+        directory=path.parent,
+        model=str(config.get("model_name") or config.get("model")),
+        status=str(results.get("status", "missing")),
+        test_sets=results.get("categories") or {},
+        expected_test_sets=[
+            str(c) for c in config.get("test_categories") or [config.get("category")]
+        ],
+        seed=config.get("seed"),
+    )
+
+
+def _record_from_hydra(job_dir: Path) -> RunRecord:
+    """A job that never wrote results.json (killed, or still running): read its config."""
+    cfg = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+    choices = {}
+    hydra_file = job_dir / ".hydra" / "hydra.yaml"
+    if hydra_file.is_file():
+        choices = OmegaConf.to_container(OmegaConf.load(hydra_file).hydra.runtime.choices)
+    data = cfg.get("data", {})
+    model = choices.get("model") or str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1]
+    tests = data.get("test_categories") or [data.get("category")]
+    return RunRecord(
+        directory=job_dir,
+        model=str(model),
+        status="missing",
+        expected_test_sets=[str(t) for t in tests],
+        seed=cfg.get("seed"),
+    )
+
+
+def collect_runs(directories: list[Path]) -> list[RunRecord]:
+    """Every run under the given directories (sweep roots or single run directories)."""
+    records: dict[Path, RunRecord] = {}
+    for root in directories:
+        if not root.exists():
+            raise FileNotFoundError(f"{root} does not exist: pass a multirun/<time> directory")
+        for results in sorted(root.rglob(RESULTS_FILE)):
+            records[results.parent.resolve()] = _record_from_results(results)
+        for config in sorted(root.rglob(".hydra/config.yaml")):
+            job_dir = config.parent.parent.resolve()
+            if job_dir not in records:
+                records[job_dir] = _record_from_hydra(job_dir)
+    return sorted(records.values(), key=lambda r: (r.model, str(r.directory)))
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        if self.values:
+            flag = "" if all(s == COMPLETED for s in self.statuses) else " (some failed)"
+            return _mean_std(self.values) + flag
+        if not self.statuses:
+            return ""
+        return "failed" if "failed" in self.statuses else self.statuses[0]
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.mean(self.values) if self.values else None
+
+
+def _cells(runs: list[RunRecord], metric: str) -> dict[tuple[str, str], Cell]:
+    cells: dict[tuple[str, str], Cell] = defaultdict(Cell)
+    for run in runs:
+        names = list(run.test_sets) if run.status == COMPLETED else run.expected_test_sets
+        for name in names:
+            cell = cells[(name, run.model)]
+            value = run.test_sets.get(name, {}).get(metric)
+            cell.statuses.append(run.status)
+            if run.status == COMPLETED and isinstance(value, int | float) and math.isfinite(value):
+                cell.values.append(float(value))
+    return cells
+
+
+def _ordered(runs: list[RunRecord]) -> tuple[list[str], list[str]]:
+    models: list[str] = []
+    test_sets: list[str] = []
+    for run in runs:
+        if run.model not in models:
+            models.append(run.model)
+        for name in [*run.expected_test_sets, *run.test_sets]:
+            if name not in test_sets:
+                test_sets.append(name)
+    return models, test_sets
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _write_table(out_dir: Path, stem: str, header: list[str], rows: list[list[str]]) -> str:
+    with open(out_dir / f"{stem}.csv", "w", newline="") as stream:
+        csv.writer(stream).writerows([header, *rows])
+    text = _markdown(header, rows)
+    (out_dir / f"{stem}.md").write_text(text + "\n")
+    return text
+
+
+def auroc_table(runs: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
+    """Category x model -> image AUROC (mean ± std over repeats), plus a mean row."""
+    models, test_sets = _ordered(runs)
+    cells = _cells(runs, "auroc")
+    rows = [
+        [name, *(cells[(name, m)].text() if (name, m) in cells else "missing" for m in models)]
+        for name in test_sets
+    ]
+    means = []
+    for model in models:
+        per_set = [cells[(n, model)].mean for n in test_sets if (n, model) in cells]
+        numeric = [v for v in per_set if v is not None]
+        complete = len(numeric) == len(test_sets)
+        means.append(
+            f"{statistics.mean(numeric):.3f}"
+            + ("" if complete else f" ({len(numeric)}/{len(test_sets)})")
+            if numeric
+            else "-"
+        )
+    rows.append(["mean", *means])
+    return ["category", *models], rows
+
+
+def prf_table(runs: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
+    """Test class x model -> precision, recall, F1 at the validation threshold."""
+    models, test_sets = _ordered(runs)
+    by_metric = {m: _cells(runs, m) for m in ("precision", "recall", "f1")}
+    rows = []
+    for name in test_sets:
+        for model in models:
+            if (name, model) not in by_metric["f1"]:
+                rows.append([name, model, "missing", "missing", "missing"])
+                continue
+            rows.append(
+                [
+                    name,
+                    model,
+                    *(by_metric[m][(name, model)].text() for m in ("precision", "recall", "f1")),
+                ]
+            )
+    return ["class", "model", "precision", "recall", "f1"], rows
+
+
+def confusion_matrices(runs: list[RunRecord]) -> dict[tuple[str, str], dict[str, int] | None]:
+    """Counts summed over repeats of a (model, class) cell; None where no run completed."""
+    summed: dict[tuple[str, str], dict[str, int] | None] = {}
+    for run in runs:
+        if run.status != COMPLETED:
+            continue
+        for name, metrics in run.test_sets.items():
+            matrix = metrics.get("confusion_matrix")
+            if matrix:
+                total = summed.setdefault((run.model, name), {"tn": 0, "fp": 0, "fn": 0, "tp": 0})
+                for key in total:
+                    total[key] += int(matrix[key])
+    return summed
+
+
+def build_report(directories: list[Path], out_dir: Path) -> dict[str, Any]:
+    """Write every table (Markdown + CSV) and figure (PNG) into ``out_dir``."""
+    runs = collect_runs(directories)
+    if not runs:
+        raise FileNotFoundError(
+            f"No runs under {', '.join(map(str, directories))}: expected job directories with "
+            f"{RESULTS_FILE} or .hydra/config.yaml (e.g. multirun/<time>/<job>)."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models, test_sets = _ordered(runs)
+    auroc_header, auroc_rows = auroc_table(runs)
+    prf_header, prf_rows = prf_table(runs)
+    auroc_text = _write_table(out_dir, "auroc_table", auroc_header, auroc_rows)
+    prf_text = _write_table(out_dir, "precision_recall_f1_table", prf_header, prf_rows)
+    cells = _cells(runs, "auroc")
+    line_data = {m: {n: cells[(n, m)].mean for n in test_sets if (n, m) in cells} for m in models}
+    plot_auroc_lines(line_data, test_sets, out_dir / "auroc_per_category.png")
+    plot_confusion_grid(
+        confusion_matrices(runs), models, test_sets, out_dir / "confusion_matrices.png"
+    )
+    statuses = defaultdict(int)
+    for run in runs:
+        statuses[run.status] += 1
+    return {
+        "runs": len(runs),
+        "statuses": dict(statuses),
+        "auroc_table": auroc_text,
+        "precision_recall_f1_table": prf_text,
+        "out_dir": str(out_dir),
+    }

@@ -1,0 +1,56 @@
+"""Everything a test pass yields for one test set, and the metrics computed from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from anomaly_gan.evaluation.localization import pixel_metrics
+from anomaly_gan.evaluation.metrics import image_metrics, metrics_by_defect_type
+
+
+@dataclass
+class TestSetOutputs:
+    """Per-image scores and labels of one test set, plus anomaly maps while needed.
+
+    Maps are kept as float16 on the CPU (half the memory) and only until the pixel metrics
+    are computed; the few maps the sample grid shows are recomputed from the images.
+    """
+
+    scores: list[Tensor] = field(default_factory=list)
+    labels: list[Tensor] = field(default_factory=list)
+    defect_types: list[str] = field(default_factory=list)
+    image_paths: list[str] = field(default_factory=list)
+    maps: list[Tensor] = field(default_factory=list)
+    masks: list[Tensor] = field(default_factory=list)
+
+    def add(self, scores: Tensor, batch: dict[str, Any], maps: Tensor) -> None:
+        self.scores.append(scores.detach().float().cpu())
+        self.labels.append(batch["label"].detach().long().cpu())
+        self.defect_types.extend(batch["defect_type"])
+        self.image_paths.extend(str(path) for path in batch["image_path"])
+        self.maps.append(maps.detach().to(torch.float16).cpu())
+        self.masks.append(batch["mask"].detach().to(torch.bool).cpu())
+
+    @property
+    def all_scores(self) -> Tensor:
+        return torch.cat(self.scores) if self.scores else torch.empty(0)
+
+    @property
+    def all_labels(self) -> Tensor:
+        return torch.cat(self.labels) if self.labels else torch.empty(0, dtype=torch.long)
+
+    def evaluate(self, threshold: float) -> dict[str, Any]:
+        """Image metrics, per-defect-type metrics and pixel metrics; frees the maps."""
+        scores, labels = self.all_scores, self.all_labels
+        metrics = image_metrics(scores, labels, threshold)
+        metrics["by_defect_type"] = metrics_by_defect_type(
+            scores, labels, self.defect_types, threshold
+        )
+        if self.maps:
+            metrics.update(pixel_metrics(torch.cat(self.maps).float(), torch.cat(self.masks)))
+        self.maps, self.masks = [], []
+        return metrics

@@ -1,0 +1,49 @@
+"""``python -m anomaly_gan.report multirun/<sweep> [more dirs] [--out DIR]``.
+
+Collects every run's ``results.json`` and writes the papers' tables (Markdown + CSV) and
+figures (PNG); see :mod:`anomaly_gan.evaluation.report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from anomaly_gan.evaluation.report import build_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m anomaly_gan.report", description=__doc__)
+    parser.add_argument(
+        "directories",
+        nargs="+",
+        type=Path,
+        help="sweep directories (multirun/<time>) or run directories",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write tables and figures (default: <first dir>/report)",
+    )
+    args = parser.parse_args(argv)
+    out_dir = args.out or args.directories[0] / "report"
+    try:
+        summary = build_report(args.directories, out_dir)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{summary['runs']} runs: {summary['statuses']}\n")
+    print("Image AUROC (category x model)\n" + summary["auroc_table"] + "\n")
+    print(
+        "Precision / recall / F1 at the validation threshold\n"
+        + summary["precision_recall_f1_table"]
+        + "\n"
+    )
+    print(f"tables and figures: {summary['out_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
