@@ -2,19 +2,44 @@
 
 Anomaly detectors train on normal images only. The validation split is held out from the
 training normals so checkpoint choice and thresholds never look at test labels.
+
+Shared by every dataset layout:
+
+- cross-class testing: ``scan`` returns one test set per category (``data.test_categories``),
+  each with its own loader and its own block of metrics;
+- ``data.test_limit``: a seeded, class-balanced subset of each test set;
+- ``data.cache`` / ``data.cache_dir``: decoded, resized images kept in memory and on disk;
+- ``data.skip_corrupt``: unreadable files dropped at setup with a warning and a count;
+- ``data.download``: the official archive fetched into an empty ``data.root``;
+- persistent, per-worker-seeded DataLoader workers.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+import logging
+import random
+import warnings
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from torch.utils.data import DataLoader, get_worker_info
 
-from anomaly_gan.data.dataset import AnomalyImageDataset, DatasetError, Sample
+from anomaly_gan.data.cache import ImageCache
+from anomaly_gan.data.dataset import ANOMALOUS, NORMAL, AnomalyImageDataset, DatasetError, Sample
+from anomaly_gan.data.download import ARCHIVES, check_sha256, download_dataset, is_empty_root
+
+log = logging.getLogger(__name__)
+
+
+class DataWarning(UserWarning):
+    """Data was dropped or a request could not be met exactly (skipped files, short classes)."""
 
 
 def _is_int(value: Any) -> bool:
@@ -26,12 +51,77 @@ def _check_positive_int(key: str, value: Any) -> None:
         raise ValueError(f"{key} must be a positive integer, got {value!r}. Set {key}=<int > 0>.")
 
 
+def _check_bool(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}.")
+
+
+def check_test_categories(value: Any) -> list[str] | None:
+    """``data.test_categories``: None (= the training category) or a list of distinct names."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+        raise ValueError(
+            "data.test_categories must be a non-empty list of category names (or null for "
+            f"the training category only), got {value!r}. Example: "
+            "data.test_categories=[candle,cashew,fryum]."
+        )
+    names = list(value)
+    for name in names:
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name:
+            raise ValueError(f"data.test_categories entries must be folder names, got {name!r}.")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"data.test_categories lists {', '.join(duplicates)} more than once.")
+    return names
+
+
+def split_groups(groups: list[str], fraction: float, rng: np.random.Generator) -> set[str]:
+    """Seeded choice of ``round(fraction * n)`` groups (at least 1, never all, if n >= 2).
+
+    Used to hold out whole groups (KolektorSDD parts, or single files) for test/validation.
+    """
+    n = len(groups)
+    k = round(fraction * n)
+    k = min(max(k, 1), n - 1) if fraction > 0 and n >= 2 else min(k, max(n - 1, 0))
+    order = rng.permutation(n)
+    return {groups[i] for i in order[:k]}
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy, ``random`` and albumentations per worker.
+
+    ``torch.initial_seed()`` inside a worker is the loader's base seed + ``worker_id`` (the
+    base seed comes from the torch generator, itself seeded by ``seed_everything`` / the
+    loader's generator), so workers differ from each other and from epoch to epoch but a
+    run is reproducible. The process rank is mixed in so DDP ranks do not augment alike.
+    Albumentations 2 keeps its own generators, so reseeding global numpy is not enough.
+    """
+    torch_seed = torch.initial_seed()
+    rank = int(getattr(rank_zero_only, "rank", 0) or 0)
+    sequence = np.random.SeedSequence(
+        [torch_seed & 0xFFFF_FFFF, (torch_seed >> 32) & 0xFFFF_FFFF, rank, worker_id]
+    )
+    numpy_seed, python_seed, transform_seed = (int(s) for s in sequence.generate_state(3))
+    np.random.seed(numpy_seed)
+    random.seed(python_seed)
+    info = get_worker_info()
+    dataset = info.dataset if info is not None else None
+    if hasattr(dataset, "seed_transforms"):
+        dataset.seed_transforms(transform_seed)
+
+
 class AnomalyDataModule(L.LightningDataModule, abc.ABC):
     """Shared loaders for every dataset layout; subclasses only implement ``scan``.
 
     Batches are dicts: ``image`` (B, C, H, W) float32 in [-1, 1], ``label`` (B,) int64,
     ``mask`` (B, 1, H, W) float32 0/1, ``image_path`` and ``defect_type`` lists of str.
+
+    Subclasses that can download set ``archive_name`` (a key of ``download.ARCHIVES``),
+    ``self.root`` and implement ``check_layout``.
     """
+
+    archive_name: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -43,6 +133,13 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         val_fraction: float = 0.1,
         seed: int = 0,
         pin_memory: bool = False,
+        test_limit: int | None = None,
+        cache: bool = True,
+        cache_dir: str | Path | None = None,
+        skip_corrupt: bool = False,
+        download: bool = False,
+        download_url: str | None = None,
+        sha256: str | None = None,
     ) -> None:
         super().__init__()
         _check_positive_int("data.image_size", image_size)
@@ -67,6 +164,25 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             )
         if not _is_int(seed):
             raise ValueError(f"data.seed must be an integer, got {seed!r}.")
+        if test_limit is not None and (not _is_int(test_limit) or test_limit < 2):
+            raise ValueError(
+                f"data.test_limit must be null (all images) or an integer >= 2, got "
+                f"{test_limit!r}. Example: data.test_limit=100 (50 normal + 50 anomalous)."
+            )
+        for key, flag in (
+            ("data.cache", cache),
+            ("data.skip_corrupt", skip_corrupt),
+            ("data.download", download),
+        ):
+            _check_bool(key, flag)
+        if download and (self.archive_name is None or self.archive_name not in ARCHIVES):
+            raise ValueError(
+                f"data.download=true is not available for {type(self).__name__}: there is no "
+                "official archive to fetch. Set data.download=false and point data.root at "
+                "your files."
+            )
+        if sha256 is not None:
+            sha256 = check_sha256(sha256)
         # Every __init__ argument of the concrete class (root, category, image_size, ...)
         # goes into checkpoints, so a loaded model knows its preprocessing.
         self.save_hyperparameters(logger=False)
@@ -78,6 +194,19 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         self.val_fraction = float(val_fraction)
         self.seed = int(seed)
         self.pin_memory = bool(pin_memory)
+        self.test_limit = None if test_limit is None else int(test_limit)
+        self.skip_corrupt = skip_corrupt
+        self.download = download
+        self.download_url = download_url
+        self.sha256 = sha256
+        self.cache_dir = (
+            Path(cache_dir).expanduser().absolute() if cache and cache_dir is not None else None
+        )
+        if cache_dir is not None:
+            # A str (not a Path) keeps checkpoints loadable with torch.load(weights_only=True).
+            self.hparams["cache_dir"] = str(cache_dir)
+        self.image_cache: ImageCache | None = ImageCache(self.cache_dir) if cache else None
+        self.skipped: list[tuple[Path, str]] = []
         self._scan_result: tuple[list[Sample], dict[str, list[Sample]]] | None = None
         self._train_samples: list[Sample] | None = None
         self._val_samples: list[Sample] | None = None
@@ -86,18 +215,57 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
     def scan(self) -> tuple[list[Sample], dict[str, list[Sample]]]:
         """Return (training normals, {test category name: test samples}) in a fixed order."""
 
+    def check_layout(self, root: Path) -> None:
+        """Raise ``DatasetError`` unless ``root`` looks like this dataset (download check)."""
+        raise NotImplementedError(f"{type(self).__name__} has no downloadable archive.")
+
+    # ------------------------------------------------------------------ download
+    def prepare_data(self) -> None:
+        """Fetch the official archive when ``data.download=true`` and the root is empty.
+
+        Lightning runs this on one process per node before ``setup``; ``setup`` calls it
+        itself when the datamodule is used without a Trainer.
+        """
+        if not self.download:
+            return
+        root = Path(self.root)  # type: ignore[attr-defined]  # set by every downloadable subclass
+        if not is_empty_root(root):
+            return  # never download over existing files; scan() reports what is wrong
+        assert self.archive_name is not None  # checked in __init__
+        download_dataset(
+            self.archive_name,
+            root,
+            layout_check=self.check_layout,
+            url=self.download_url,
+            sha256=self.sha256,
+        )
+
     # ------------------------------------------------------------------ setup / split
     def setup(self, stage: str | None = None) -> None:
-        """Scan once and split the training normals; later calls reuse the result."""
-        if self._scan_result is None:
-            train_normals, test_samples = self.scan()
-            if not train_normals:
-                raise DatasetError(
-                    f"{type(self).__name__} found no training images. Check data.root "
-                    "and data.category point at a dataset with normal training images."
-                )
-            self._scan_result = (list(train_normals), dict(test_samples))
-            self._train_samples, self._val_samples = self._split(self._scan_result[0])
+        """Scan once, drop corrupt files, limit the test sets and split the normals.
+
+        Later calls (``fit`` then ``test``) reuse the result.
+        """
+        if self._scan_result is not None:
+            return
+        if self.trainer is None:
+            self.prepare_data()
+        train_normals, test_samples = self.scan()
+        train_normals = list(train_normals)
+        test_samples = {name: list(samples) for name, samples in test_samples.items()}
+        if self.skip_corrupt:
+            train_normals, test_samples = self._drop_corrupt(train_normals, test_samples)
+        if not train_normals:
+            raise DatasetError(
+                f"{type(self).__name__} found no usable training images. Check data.root "
+                "and data.category point at a dataset with normal training images."
+            )
+        if self.test_limit is not None:
+            test_samples = {
+                name: self._balanced_subset(name, samples) for name, samples in test_samples.items()
+            }
+        self._scan_result = (train_normals, test_samples)
+        self._train_samples, self._val_samples = self._split(train_normals)
 
     def _split(self, normals: list[Sample]) -> tuple[list[Sample], list[Sample]]:
         """Seeded random hold-out of ``val_fraction`` of the normals (at least 1 if asked)."""
@@ -112,6 +280,61 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         train = [s for i, s in enumerate(normals) if i not in val_index]
         val = [s for i, s in enumerate(normals) if i in val_index]
         return train, val
+
+    def _drop_corrupt(
+        self, train: list[Sample], tests: dict[str, list[Sample]]
+    ) -> tuple[list[Sample], dict[str, list[Sample]]]:
+        """Decode every file once (filling the cache) and drop those that fail.
+
+        Only with ``data.skip_corrupt=true``; otherwise the first decode of a bad file
+        raises ``DatasetError`` naming it.
+        """
+        unique = list(dict.fromkeys([*train, *(s for samples in tests.values() for s in samples)]))
+        dataset = self._dataset(unique)
+        bad: dict[Sample, str] = {}
+        for index, sample in enumerate(unique):
+            try:
+                dataset.load_arrays(index)
+            except DatasetError as error:
+                bad[sample] = str(error)
+        self.skipped.extend((sample.image_path, reason) for sample, reason in bad.items())
+        if bad:
+            listed = "; ".join(f"{s.image_path}" for s in list(bad)[:5])
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            message = (
+                f"data.skip_corrupt=true: skipped {len(bad)} of {len(unique)} images that "
+                f"could not be read: {listed}{more}. The first error: {next(iter(bad.values()))}"
+            )
+            warnings.warn(message, DataWarning, stacklevel=3)
+            log.warning(message)
+        keep = [s for s in train if s not in bad]
+        return keep, {name: [s for s in samples if s not in bad] for name, samples in tests.items()}
+
+    def _balanced_subset(self, name: str, samples: list[Sample]) -> list[Sample]:
+        """Seeded ``test_limit``-image subset: half normal, half anomalous, original order.
+
+        The generator depends on ``data.seed`` and the category name only, so a category's
+        subset does not change when other categories are added to ``test_categories``.
+        """
+        assert self.test_limit is not None
+        wanted = {NORMAL: self.test_limit // 2, ANOMALOUS: self.test_limit - self.test_limit // 2}
+        rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
+        chosen: list[int] = []
+        for label, label_name in ((NORMAL, "normal"), (ANOMALOUS, "anomalous")):
+            indices = [i for i, s in enumerate(samples) if s.label == label]
+            if len(indices) <= wanted[label]:
+                if len(indices) < wanted[label]:
+                    warnings.warn(
+                        f"Test category {name!r} has only {len(indices)} {label_name} images, "
+                        f"fewer than the {wanted[label]} that data.test_limit={self.test_limit}"
+                        " asks for; using all of them.",
+                        DataWarning,
+                        stacklevel=3,
+                    )
+                chosen += indices
+            else:
+                chosen += rng.choice(indices, size=wanted[label], replace=False).tolist()
+        return [samples[i] for i in sorted(chosen)]
 
     def _require_setup(self) -> tuple[list[Sample], list[Sample], dict[str, list[Sample]]]:
         if self._scan_result is None or self._train_samples is None or self._val_samples is None:
@@ -137,15 +360,22 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
 
     # ------------------------------------------------------------------ loaders
     def _dataset(self, samples: list[Sample]) -> AnomalyImageDataset:
-        return AnomalyImageDataset(samples, self.image_size, self.channels)
+        # One ImageCache for all splits: in this process a file decoded for validation is
+        # not decoded again for testing; each worker gets a copy that it fills itself.
+        return AnomalyImageDataset(
+            samples, self.image_size, self.channels, cache=self.image_cache, seed=self.seed
+        )
 
-    def _loader(self, samples: list[Sample], batch_size: int, **kwargs: Any) -> DataLoader:
+    def _loader(
+        self, samples: list[Sample], batch_size: int, persistent: bool = True, **kwargs: Any
+    ) -> DataLoader:
         return DataLoader(
             self._dataset(samples),
             batch_size=batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=persistent and self.num_workers > 0,
+            worker_init_fn=seed_worker,
             **kwargs,
         )
 
@@ -166,8 +396,21 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         return self._loader(self.val_samples, self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> list[DataLoader]:
-        """One loader per test category, in the order of ``test_category_names``."""
+        """One loader per test category, in the order of ``test_category_names``.
+
+        Test loaders are read once, so their workers are not kept alive.
+        """
         return [
-            self._loader(self.test_samples[name], self.eval_batch_size, shuffle=False)
+            self._loader(
+                self.test_samples[name], self.eval_batch_size, persistent=False, shuffle=False
+            )
             for name in self.test_category_names
         ]
+
+
+def missing_root_message(root: Path, layout: str, downloadable: bool) -> str:
+    """The error text for a missing or empty ``data.root``: path, layout and the fixes."""
+    fix = "set data.root=<folder holding the dataset>"
+    if downloadable:
+        fix += ", or add data.download=true to fetch the official archive into an empty root"
+    return f"Dataset root {root} does not exist or is empty. Expected layout: {layout}. Fix: {fix}."

@@ -1,25 +1,43 @@
 """A map-style dataset over a list of ``Sample`` records.
 
 Scanning (which files exist, which label each has) is kept apart from reading, so every
-dataset layout (MVTec AD, synthetic, ...) only has to produce ``Sample`` lists.
+dataset layout (MVTec AD, VisA, KolektorSDD, folders, synthetic) only has to produce
+``Sample`` lists. Reading decodes and resizes each file once and keeps the result in an
+``ImageCache`` (memory + disk), so epochs after the first do no image decoding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import albumentations as A
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from anomaly_gan.data.transforms import build_transform
+from anomaly_gan.data.cache import Decoded, ImageCache
+from anomaly_gan.data.transforms import (
+    IMAGE_INTERPOLATION,
+    INTERPOLATION_NAMES,
+    MASK_INTERPOLATION,
+    build_normalize_transform,
+    resize_image,
+    resize_mask,
+)
 
 NORMAL = 0
 ANOMALOUS = 1
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_JPEG_END = b"\xff\xd9"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND"
+# JPEG entropy-coded data can never contain FF D9 (FF is byte-stuffed), so a complete file
+# has its end marker near the end; a little slack allows padding some cameras append.
+_END_MARKER_WINDOW = 1024
 
 
 class DatasetError(ValueError):
@@ -41,6 +59,44 @@ class Sample:
                 f"Sample label must be {NORMAL} (normal) or {ANOMALOUS} (anomalous), "
                 f"got {self.label!r} for {self.image_path}"
             )
+
+
+# ---------------------------------------------------------------------------- decoding
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise DatasetError(
+            f"Cannot read {what} {path}: {error.strerror or error}. Check that the file "
+            "exists and is readable, or remove it from the dataset."
+        ) from error
+
+
+def _check_complete(path: Path, data: bytes, what: str) -> None:
+    """Refuse truncated JPEG/PNG files: OpenCV decodes a cut JPEG with only a warning."""
+    tail = data[-_END_MARKER_WINDOW:]
+    truncated = (data.startswith(_JPEG_MAGIC) and _JPEG_END not in tail) or (
+        data.startswith(_PNG_MAGIC) and _PNG_END not in tail
+    )
+    if truncated:
+        raise DatasetError(
+            f"{what.capitalize()} {path} is truncated (its end-of-image marker is missing; "
+            "an interrupted copy or download?). Fix: replace or remove the file, or set "
+            "data.skip_corrupt=true to skip bad files with a warning."
+        )
+
+
+def _decode(path: Path, flags: int, what: str) -> np.ndarray:
+    data = _read_bytes(path, what)
+    _check_complete(path, data, what)
+    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags) if data else None
+    if decoded is None:
+        raise DatasetError(
+            f"Cannot read {what} {path}: the file is empty, truncated or not an image format "
+            "OpenCV can decode. Replace or remove this file, or set data.skip_corrupt=true "
+            "to skip bad files with a warning."
+        )
+    return decoded
 
 
 def _to_channels(image: np.ndarray, channels: int, path: Path) -> np.ndarray:
@@ -67,14 +123,11 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     """Read any 8/16-bit gray/BGR/BGRA file as (H, W, channels) on a 0..255 scale.
 
     8-bit stays uint8; 16-bit becomes float32 divided by 257 (65535 -> 255) so it keeps
-    its precision and shares the 8-bit normalisation.
+    its precision and shares the 8-bit normalisation. Grayscale and colour files both
+    load as ``channels`` (1: luminance, 3: RGB), so ``data.channels`` alone decides what
+    the model sees.
     """
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise DatasetError(
-            f"Cannot read image {path}: the file is missing, truncated or not an image "
-            "format OpenCV can decode. Remove or replace this file and run again."
-        )
+    image = _decode(path, cv2.IMREAD_UNCHANGED, "image")
     if image.dtype == np.uint16:
         image = image.astype(np.float32) / 257.0
     elif image.dtype != np.uint8:
@@ -86,49 +139,107 @@ def read_image(path: Path, channels: int) -> np.ndarray:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Read a ground-truth mask as uint8 (H, W) with values 0/1 (any non-zero pixel = defect)."""
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise DatasetError(
-            f"Cannot read mask {path}: the file is missing, truncated or not an image. "
-            "Remove or replace it (or remove its image) and run again."
-        )
+    """Read a ground-truth mask as uint8 (H, W) with values 0/1 (any non-zero pixel = defect).
+
+    Binarising here covers masks stored as 255, as class indices (VisA) or anti-aliased.
+    """
+    mask = _decode(path, cv2.IMREAD_GRAYSCALE, "mask")
     return (mask > 0).astype(np.uint8)
 
 
+# ---------------------------------------------------------------------------- dataset
 class AnomalyImageDataset(Dataset):
     """Reads ``Sample`` records into the batch contract shared by all models.
 
     Item: ``image`` float32 (C, H, W) in [-1, 1]; ``label`` int64 0-dim; ``mask`` float32
     (1, H, W) of 0/1 (zeros when there is no mask); ``image_path``; ``defect_type``.
+
+    ``cache`` (optional, may be shared by several datasets) keeps the decoded, resized
+    arrays; without it every access decodes the file again. ``augmentations`` run on the
+    resized array; ``seed`` seeds them in this process, and ``seed_worker`` reseeds them
+    in each DataLoader worker.
     """
 
-    def __init__(self, samples: Sequence[Sample], image_size: int, channels: int) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        image_size: int,
+        channels: int,
+        cache: ImageCache | None = None,
+        augmentations: Sequence[A.BasicTransform] | None = None,
+        seed: int | None = 0,
+    ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         self.samples = list(samples)
         self.image_size = image_size
         self.channels = channels
-        self.transform = build_transform(image_size, channels)
+        self.cache = cache
+        self.transform = build_normalize_transform(channels, augmentations, seed=seed)
+        interpolation = INTERPOLATION_NAMES[IMAGE_INTERPOLATION]
+        self._image_settings = (image_size, channels, interpolation)
+        self._mask_settings = (image_size, INTERPOLATION_NAMES[MASK_INTERPOLATION])
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def seed_transforms(self, seed: int) -> None:
+        """Reseed the augmentation generators (called once per DataLoader worker)."""
+        self.transform.set_random_seed(seed)
+
+    # ------------------------------------------------------------------ reading
+    def _cached(
+        self, path: Path, kind: str, settings: tuple[Any, ...], build: Callable[[], Decoded]
+    ) -> Decoded:
+        if self.cache is None:
+            return build()
+        return self.cache.get(path, kind, settings, build)
+
+    def _decode_image(self, path: Path) -> Decoded:
+        image = read_image(path, self.channels)
+        return Decoded(resize_image(image, self.image_size), (image.shape[0], image.shape[1]))
+
+    def _decode_mask(self, path: Path) -> Decoded:
+        mask = read_mask(path)
+        return Decoded(resize_mask(mask, self.image_size), (mask.shape[0], mask.shape[1]))
+
+    def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Resized (image (S, S, C), mask (S, S) or None) of one sample, through the cache.
+
+        Raises ``DatasetError`` naming the file when it cannot be decoded or when a mask
+        does not match its image's size.
+        """
+        sample = self.samples[index]
+        image = self._cached(
+            sample.image_path,
+            "image",
+            self._image_settings,
+            lambda: self._decode_image(sample.image_path),
+        )
+        if sample.mask_path is None:
+            return image.array, None
+        mask_path = sample.mask_path
+        mask = self._cached(
+            mask_path, "mask", self._mask_settings, lambda: self._decode_mask(mask_path)
+        )
+        if mask.source_size != image.source_size:
+            (mask_h, mask_w), (image_h, image_w) = mask.source_size, image.source_size
+            raise DatasetError(
+                f"Mask {mask_path} is {mask_w}x{mask_h} but its image {sample.image_path} is "
+                f"{image_w}x{image_h} (width x height). Each mask must match its image; "
+                "check the pairing."
+            )
+        return image.array, mask.array
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
-        image = read_image(sample.image_path, self.channels)
-        if sample.mask_path is None:
-            out = self.transform(image=image)
+        image, raw_mask = self.load_arrays(index)
+        # Copies: cached arrays are shared read-only and augmentations may work in place.
+        if raw_mask is None:
+            out = self.transform(image=image.copy())
             mask = torch.zeros(1, self.image_size, self.image_size, dtype=torch.float32)
         else:
-            raw_mask = read_mask(sample.mask_path)
-            if raw_mask.shape != image.shape[:2]:
-                raise DatasetError(
-                    f"Mask {sample.mask_path} is {raw_mask.shape[1]}x{raw_mask.shape[0]} "
-                    f"but its image {sample.image_path} is {image.shape[1]}x{image.shape[0]}"
-                    " (width x height). Each mask must match its image; check the pairing."
-                )
-            out = self.transform(image=image, mask=raw_mask)
+            out = self.transform(image=image.copy(), mask=raw_mask.copy())
             mask = out["mask"].to(torch.float32).unsqueeze(0)  # (H, W) -> (1, H, W)
         return {
             "image": out["image"].to(torch.float32),

@@ -5,13 +5,22 @@ Layout::
     <root>/<category>/train/good/*.png
     <root>/<category>/test/<good|defect>/*.png
     <root>/<category>/ground_truth/<defect>/<stem>_mask.png
+
+Cross-class testing: ``test_categories`` names other category folders under the same root;
+each one's ``test/`` split becomes its own test set.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
-from anomaly_gan.data.datamodule import AnomalyDataModule
+from anomaly_gan.data.datamodule import (
+    AnomalyDataModule,
+    check_test_categories,
+    missing_root_message,
+)
 from anomaly_gan.data.dataset import ANOMALOUS, NORMAL, DatasetError, Sample
 
 MVTEC_CATEGORIES: tuple[str, ...] = (
@@ -33,6 +42,7 @@ MVTEC_CATEGORIES: tuple[str, ...] = (
 )
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GOOD = "good"
+MASK_SUFFIX = "_mask"
 MVTEC_LAYOUT = (
     "<root>/<category>/train/good/*.png, <root>/<category>/test/<good|defect>/*.png, "
     "<root>/<category>/ground_truth/<defect>/<stem>_mask.png"
@@ -56,10 +66,111 @@ def find_mask(ground_truth: Path, defect_type: str, stem: str) -> Path | None:
     """``ground_truth/<defect>/<stem>_mask.<ext>`` if it exists (png first), else None."""
     for ext in IMAGE_EXTENSIONS:
         for suffix in (ext, ext.upper()):
-            candidate = ground_truth / defect_type / f"{stem}_mask{suffix}"
+            candidate = ground_truth / defect_type / f"{stem}{MASK_SUFFIX}{suffix}"
             if candidate.is_file():
                 return candidate
     return None
+
+
+def pair_masks(images: list[Path], mask_dir: Path, image_dir: Path) -> dict[Path, Path]:
+    """Map each image to its mask (``<stem>_mask.*`` or ``<stem>.*``) in ``mask_dir``.
+
+    Strict both ways, because a lost mask silently turns a defect into "no defect pixels"
+    and a stray mask usually means a renamed or deleted image: an image without a mask or
+    a mask without an image raises ``DatasetError`` naming the file.
+    """
+    masks: dict[str, Path] = {}
+    for mask in list_images(mask_dir):
+        stem = mask.stem.removesuffix(MASK_SUFFIX)
+        if stem in masks:
+            raise DatasetError(
+                f"Two masks for image stem {stem!r} in {mask_dir}: {masks[stem].name} and "
+                f"{mask.name}. Keep one."
+            )
+        masks[stem] = mask
+    pairs: dict[Path, Path] = {}
+    for image in images:
+        mask = masks.pop(image.stem, None)
+        if mask is None:
+            raise DatasetError(
+                f"Anomalous image {image} has no mask: expected {mask_dir}/{image.stem}"
+                f"{MASK_SUFFIX}.png. Add its mask or remove the image."
+            )
+        pairs[image] = mask
+    if masks:
+        orphan = next(iter(masks.values()))
+        stem = orphan.stem.removesuffix(MASK_SUFFIX)
+        raise DatasetError(
+            f"Mask {orphan} has no image: expected {image_dir}/{stem}.<png|jpg|...> "
+            f"({len(masks)} unmatched mask(s) in {mask_dir}). Restore the image "
+            "or delete the mask."
+        )
+    return pairs
+
+
+def _check_root(root: Path) -> None:
+    if not root.is_dir() or not any(p for p in root.iterdir() if not p.name.startswith(".")):
+        raise DatasetError(missing_root_message(root, MVTEC_LAYOUT, downloadable=True))
+
+
+def _category_dir(root: Path, category: str) -> Path:
+    category_dir = root / category
+    if category_dir.is_dir():
+        return category_dir
+    existing = [p.name for p in _subdirs(root)]
+    hint = ""
+    if (root / "train" / GOOD).is_dir():
+        hint = (
+            f" {root} itself looks like a category folder: set data.root={root.parent} "
+            f"data.category={root.name}."
+        )
+    raise DatasetError(
+        f"Category folder {category_dir} does not exist. Categories found under {root}: "
+        f"{', '.join(existing) if existing else '(none)'}. MVTec AD categories: "
+        f"{', '.join(MVTEC_CATEGORIES)}. Expected layout: {MVTEC_LAYOUT}. Fix: set "
+        f"data.root=<folder holding the category folders> and data.category=<one of them>, "
+        f"or data.download=true with an empty data.root to fetch MVTec AD.{hint}"
+    )
+
+
+def scan_mvtec_test(root: Path, category: str) -> list[Sample]:
+    """Test samples (normal and anomalous, masks paired) of one MVTec-layout category."""
+    root = Path(root).expanduser().absolute()
+    _check_root(root)
+    category_dir = _category_dir(root, category)
+    test_dir = category_dir / "test"
+    if not test_dir.is_dir():
+        raise DatasetError(
+            f"Missing folder {test_dir}. Expected layout: {MVTEC_LAYOUT}. "
+            f"Fix: check that data.root and data.category point at an MVTec-style dataset."
+        )
+    ground_truth = category_dir / "ground_truth"
+    test: list[Sample] = []
+    defect_types = set()
+    for defect_dir in _subdirs(test_dir):
+        defect_type = defect_dir.name
+        images = list_images(defect_dir)
+        if defect_type == GOOD:
+            test += [Sample(path, NORMAL, GOOD) for path in images]
+            continue
+        defect_types.add(defect_type)
+        mask_dir = ground_truth / defect_type
+        # A defect type without a ground_truth folder has image-level labels only.
+        masks = pair_masks(images, mask_dir, defect_dir) if mask_dir.is_dir() else {}
+        test += [Sample(path, ANOMALOUS, defect_type, masks.get(path)) for path in images]
+    if ground_truth.is_dir():
+        for mask_dir in _subdirs(ground_truth):
+            if mask_dir.name not in defect_types and list_images(mask_dir):
+                raise DatasetError(
+                    f"Masks in {mask_dir} have no images: expected {test_dir / mask_dir.name}/"
+                    "*.png. Restore the test images or delete the mask folder."
+                )
+    if not test:
+        raise DatasetError(
+            f"No test images under {test_dir}: expected {test_dir}/<good|defect>/*.png. "
+            "Add test images (normal ones in test/good, defective ones in test/<defect>)."
+        )
+    return test
 
 
 def scan_mvtec(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
@@ -68,69 +179,39 @@ def scan_mvtec(root: Path, category: str) -> tuple[list[Sample], list[Sample]]:
     Raises ``DatasetError`` naming the missing path, the expected layout and the fix.
     """
     root = Path(root).expanduser().absolute()
-    if not root.is_dir():
-        raise DatasetError(
-            f"Dataset root {root} does not exist (or is not a directory). Expected layout: "
-            f"{MVTEC_LAYOUT}. Fix: set data.root=/path/to/folder_with_category_folders."
-        )
-    category_dir = root / category
-    if not category_dir.is_dir():
-        existing = [p.name for p in _subdirs(root)]
-        hint = ""
-        if (root / "train" / GOOD).is_dir():
-            hint = (
-                f" {root} itself looks like a category folder: set data.root={root.parent} "
-                f"data.category={root.name}."
-            )
-        raise DatasetError(
-            f"Category folder {category_dir} does not exist. Categories found under {root}: "
-            f"{', '.join(existing) if existing else '(none)'}. Expected layout: {MVTEC_LAYOUT}."
-            f" Fix: set data.root=<folder holding the category folders> and "
-            f"data.category=<one of them>.{hint}"
-        )
+    _check_root(root)
+    category_dir = _category_dir(root, category)
     train_dir = category_dir / "train" / GOOD
-    test_dir = category_dir / "test"
-    for required in (train_dir, test_dir):
-        if not required.is_dir():
-            raise DatasetError(
-                f"Missing folder {required}. Expected layout: {MVTEC_LAYOUT}. "
-                f"Fix: check that data.root and data.category point at an MVTec-style dataset."
-            )
+    if not train_dir.is_dir():
+        raise DatasetError(
+            f"Missing folder {train_dir}. Expected layout: {MVTEC_LAYOUT}. "
+            f"Fix: check that data.root and data.category point at an MVTec-style dataset."
+        )
     train = [Sample(p, NORMAL, GOOD) for p in list_images(train_dir)]
     if not train:
         raise DatasetError(
             f"No training images in {train_dir}: expected normal images with an extension "
             f"in {', '.join(IMAGE_EXTENSIONS)}. Add the defect-free images there."
         )
-    ground_truth = category_dir / "ground_truth"
-    test: list[Sample] = []
-    for defect_dir in _subdirs(test_dir):
-        defect_type = defect_dir.name
-        for path in list_images(defect_dir):
-            if defect_type == GOOD:
-                test.append(Sample(path, NORMAL, GOOD))
-            else:
-                mask = find_mask(ground_truth, defect_type, path.stem)
-                test.append(Sample(path, ANOMALOUS, defect_type, mask))
-    if not test:
-        raise DatasetError(
-            f"No test images under {test_dir}: expected {test_dir}/<good|defect>/*.png. "
-            "Add test images (normal ones in test/good, defective ones in test/<defect>)."
-        )
-    return train, test
+    return train, scan_mvtec_test(root, category)
 
 
 class MVTecDataModule(AnomalyDataModule):
-    """MVTec AD (or any MVTec-layout folder such as magnetic_tile): one test category.
+    """MVTec AD (or any MVTec-layout folder such as magnetic_tile).
 
-    The category name is not checked against ``MVTEC_CATEGORIES`` so other datasets saved
-    in the same layout load too.
+    Trains on ``category``'s ``train/good``; tests on each of ``test_categories`` (default:
+    ``category`` only). The category name is not checked against ``MVTEC_CATEGORIES`` so
+    other datasets saved in the same layout load too.
     """
+
+    archive_name: ClassVar[str | None] = "mvtec"
 
     def __init__(
         self,
         root: str | Path,
         category: str,
+        test_categories: Sequence[str] | None = None,
+        test_limit: int | None = None,
         image_size: int = 64,
         channels: int = 3,
         batch_size: int = 32,
@@ -139,12 +220,19 @@ class MVTecDataModule(AnomalyDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         pin_memory: bool = False,
+        cache: bool = True,
+        cache_dir: str | Path | None = None,
+        skip_corrupt: bool = False,
+        download: bool = False,
+        download_url: str | None = None,
+        sha256: str | None = None,
     ) -> None:
         if not isinstance(category, str) or not category:
             raise ValueError(
                 f"data.category must be a non-empty folder name, got {category!r}. "
                 f"MVTec AD categories: {', '.join(MVTEC_CATEGORIES)}."
             )
+        checked_test_categories = check_test_categories(test_categories)
         super().__init__(
             image_size=image_size,
             channels=channels,
@@ -154,12 +242,31 @@ class MVTecDataModule(AnomalyDataModule):
             val_fraction=val_fraction,
             seed=seed,
             pin_memory=pin_memory,
+            test_limit=test_limit,
+            cache=cache,
+            cache_dir=cache_dir,
+            skip_corrupt=skip_corrupt,
+            download=download,
+            download_url=download_url,
+            sha256=sha256,
         )
         self.root = Path(root).expanduser()
         self.category = category
+        self.test_categories = checked_test_categories
         # A str (not a Path) keeps checkpoints loadable with torch.load(weights_only=True).
         self.hparams["root"] = str(root)
 
+    def check_layout(self, root: Path) -> None:
+        """At least one MVTec AD category with ``train/good`` (after a download)."""
+        if not any((root / name / "train" / GOOD).is_dir() for name in MVTEC_CATEGORIES):
+            raise DatasetError(
+                f"{root} holds no MVTec AD category folder with train/good. Expected layout: "
+                f"{MVTEC_LAYOUT}."
+            )
+
     def scan(self) -> tuple[list[Sample], dict[str, list[Sample]]]:
         train, test = scan_mvtec(self.root, self.category)
-        return train, {self.category: test}
+        tests: dict[str, list[Sample]] = {}
+        for name in self.test_categories or [self.category]:
+            tests[name] = test if name == self.category else scan_mvtec_test(self.root, name)
+        return train, tests

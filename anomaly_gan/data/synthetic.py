@@ -298,6 +298,8 @@ class SyntheticDataModule(MVTecDataModule):
     and shuffling, so the two can be varied independently.
     """
 
+    archive_name = None  # generated locally, never downloaded
+
     def __init__(
         self,
         root: str | Path = "data/synthetic",
@@ -315,6 +317,10 @@ class SyntheticDataModule(MVTecDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         pin_memory: bool = False,
+        test_limit: int | None = None,
+        cache: bool = True,
+        cache_dir: str | Path | None = None,
+        skip_corrupt: bool = False,
     ) -> None:
         _check_generation_args(
             category, generation_seed, source_size, n_train, n_test_good, n_test_per_defect
@@ -330,6 +336,10 @@ class SyntheticDataModule(MVTecDataModule):
             val_fraction=val_fraction,
             seed=seed,
             pin_memory=pin_memory,
+            test_limit=test_limit,
+            cache=cache,
+            cache_dir=cache_dir,
+            skip_corrupt=skip_corrupt,
         )
         self.generation_seed = generation_seed
         self.source_size = source_size

@@ -62,15 +62,20 @@ def plot_score_histogram(
     return _save(figure, path)
 
 
-def draw_confusion_matrix(axis: plt.Axes, matrix: Mapping[str, int] | None, title: str) -> None:
-    """2x2 counts: rows = truth (normal, anomalous), columns = prediction."""
+def draw_confusion_matrix(
+    axis: plt.Axes, matrix: Mapping[str, int] | str | None, title: str
+) -> None:
+    """2x2 counts: rows = truth (normal, anomalous), columns = prediction.
+
+    A string instead of counts (``failed``, ``missing``) is written in an empty matrix.
+    """
     axis.set_title(title, fontsize=9)
     axis.set_xticks([0, 1], ["normal", "anomalous"], fontsize=8)
     axis.set_yticks([0, 1], ["normal", "anomalous"], fontsize=8)
     axis.set_xlabel("predicted", fontsize=8)
     axis.set_ylabel("true", fontsize=8)
-    if not matrix:
-        axis.text(0.5, 0.5, "n/a", ha="center", va="center", transform=axis.transAxes)
+    if not matrix or isinstance(matrix, str):
+        axis.text(0.5, 0.5, matrix or "n/a", ha="center", va="center", transform=axis.transAxes)
         axis.imshow(np.zeros((2, 2)), cmap="Greys", vmin=0, vmax=1)
         return
     counts = np.array([[matrix["tn"], matrix["fp"]], [matrix["fn"], matrix["tp"]]])
@@ -140,7 +145,7 @@ def plot_auroc_lines(
 
 
 def plot_confusion_grid(
-    matrices: Mapping[tuple[str, str], Mapping[str, int] | None],
+    matrices: Mapping[tuple[str, str], Mapping[str, int] | str | None],
     models: Sequence[str],
     classes: Sequence[str],
     path: Path,

@@ -2,5 +2,17 @@
 
 from anomaly_gan.models.core import GanAnomalyModule, GeneratorOutput, NonFiniteLossError
 from anomaly_gan.models.ganomaly import Ganomaly
+from anomaly_gan.models.mife import Mife, MifeBaseline
+from anomaly_gan.models.skip_ganomaly import SkipGanomaly
+from anomaly_gan.models.skip_sa import SkipSelfAttentionGan
 
-__all__ = ["GanAnomalyModule", "Ganomaly", "GeneratorOutput", "NonFiniteLossError"]
+__all__ = [
+    "GanAnomalyModule",
+    "Ganomaly",
+    "GeneratorOutput",
+    "Mife",
+    "MifeBaseline",
+    "NonFiniteLossError",
+    "SkipGanomaly",
+    "SkipSelfAttentionGan",
+]
