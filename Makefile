@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean report
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,7 @@ format: install
 
 clean:
 	rm -rf outputs .cache .pytest_cache .ruff_cache
+
+## Tables and figures across runs: make report SWEEP="multirun/<time> [more dirs]"
+report: install
+	$(PY) -m anomaly_gan.report $(SWEEP)
