@@ -24,7 +24,7 @@ log = logging.getLogger("train")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float:
     try:
         results = train(cfg)
     except Exception:
@@ -32,10 +32,11 @@ def main(cfg: DictConfig) -> float | None:
         # the others; a single run still exits with the error.
         if HydraConfig.get().mode == RunMode.MULTIRUN and cfg.get("continue_sweep_on_failure"):
             log.exception("Job failed; its results.json records the error. Sweep continues.")
-            return None
+            return float("nan")  # a sweeper (Optuna) marks the trial failed
         raise
     # A sweeper (e.g. Optuna) optimises what main returns: a validation quantity, never test.
-    return results.get("checkpoint", {}).get("monitor_value")
+    value = (results.get("checkpoint") or {}).get("monitor_value")
+    return float("nan") if value is None else value
 
 
 if __name__ == "__main__":

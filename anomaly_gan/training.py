@@ -21,8 +21,18 @@ from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lightning.fabric.plugins.environments import LightningEnvironment
+from lightning.pytorch.utilities import rank_zero_only
+
+from anomaly_gan import config as _config  # noqa: F401  (registers the ${ag.*} resolvers)
 from anomaly_gan.evaluation.artifacts import write_test_artifacts
-from anomaly_gan.evaluation.results import IMAGE_METRICS, format_results_table, write_results
+from anomaly_gan.evaluation.results import (
+    IMAGE_METRICS,
+    RESULTS_FILE,
+    format_results_table,
+    read_results,
+    write_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,18 +164,89 @@ def _choose_checkpoint(trainer: L.Trainer, selection: str) -> tuple[str | None, 
         info["path"] = None
         info["note"] = "no ModelCheckpoint callback: tested the final weights"
         return None, info
-    path = callback.best_model_path if selection == "best" else callback.last_model_path
-    path = path or callback.last_model_path or None
+    last = callback.last_model_path or (
+        str(Path(callback.dirpath) / "last.ckpt")
+        if callback.dirpath and (Path(callback.dirpath) / "last.ckpt").is_file()
+        else ""
+    )
+    path = (callback.best_model_path if selection == "best" else last) or last or None
     info.update(path=path, monitor=getattr(callback, "monitor", None))
     if selection == "best" and callback.best_model_score is not None:
         info["monitor_value"] = float(callback.best_model_score)
     return path, info
 
 
+def _checkpoint_dir(cfg: DictConfig, run_dir: Path) -> Path:
+    callback = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
+    return Path(callback.get("dirpath") or run_dir / "checkpoints")
+
+
+def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    """Where training restarts: ``ckpt_path`` if given, else this run's ``last.ckpt``.
+
+    A re-launched sweep job (same job directory, e.g. after a SLURM pre-emption) finds its
+    own ``last.ckpt`` when ``auto_resume`` is on, and continues from the last finished
+    epoch, so it ends after the same number of optimizer steps as an uninterrupted run.
+    """
+    requested = cfg.get("ckpt_path")
+    last = _checkpoint_dir(cfg, run_dir) / "last.ckpt"
+    if requested == "last":
+        if not last.is_file():
+            raise FileNotFoundError(
+                f"ckpt_path=last but {last} does not exist. Re-run in the interrupted run's "
+                "directory (hydra.run.dir=<that dir>, or the same hydra.sweep.dir for a sweep) "
+                "or give ckpt_path=<file.ckpt>."
+            )
+        return str(last)
+    if requested:
+        if not Path(requested).is_file():
+            raise FileNotFoundError(f"ckpt_path={requested}: no such checkpoint file")
+        return str(requested)
+    if cfg.get("auto_resume") and last.is_file():
+        return str(last)
+    return None
+
+
+def _test_trainer(cfg: DictConfig, trainer: L.Trainer) -> L.Trainer:
+    """A single-device trainer for testing after distributed training.
+
+    Distributed test loops shard (and pad) the test set across ranks; metrics such as
+    AUROC need every score in one place, so the test runs once, on global rank 0.
+    """
+    if trainer.world_size == 1:
+        return trainer
+    return hydra.utils.instantiate(
+        cfg.trainer,
+        devices=1,
+        num_nodes=1,
+        strategy="auto",
+        callbacks=[],
+        logger=trainer.loggers or False,
+        plugins=[LightningEnvironment()],
+    )
+
+
+def _completed_before(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    if not cfg.get("skip_completed") or not (run_dir / RESULTS_FILE).is_file():
+        return None
+    previous = read_results(run_dir)
+    return previous if previous.get("status") == "completed" else None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; returns what was written to ``results.json``."""
     run_dir = Path(cfg.paths.output_dir)
+    previous = _completed_before(cfg, run_dir)
+    if previous is not None:
+        log.info(
+            "%s says completed: skipping this job (skip_completed=false re-runs it).",
+            run_dir / RESULTS_FILE,
+        )
+        print(format_results_table(previous))
+        return previous
+
     started = time.monotonic()
+    writes_results = rank_zero_only.rank == 0
     results: dict[str, Any] = {
         "status": "running",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -173,8 +254,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "config": _config_summary(cfg),
         **_sweep_info(),
     }
+    if writes_results:  # a killed job is then visible as "running", never silently absent
+        write_results(run_dir, results)
     try:
         _fill_wandb_defaults(cfg, results["config"])
+        resume_from = _resume_checkpoint(cfg, run_dir)
+        results["resumed_from"] = resume_from
         if cfg.get("seed") is not None:
             L.seed_everything(cfg.seed, workers=True)
         # Plain Python containers, so checkpoints hold no OmegaConf objects and reload with
@@ -189,9 +274,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for logger in trainer.loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-        trainer.fit(model, datamodule=datamodule)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+        results["global_step"] = trainer.global_step
+        if not trainer.is_global_zero:  # other DDP ranks (SLURM/popen) are done
+            writes_results = False
+            return results
         ckpt_path, results["checkpoint"] = _choose_checkpoint(trainer, cfg.test_checkpoint)
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+        _test_trainer(cfg, trainer).test(
+            model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False
+        )
         results["threshold"] = {
             "value": float(model.threshold),
             "quantile": model.hparams.threshold_quantile,
@@ -214,8 +305,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finally:
         results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         results["duration_s"] = round(time.monotonic() - started, 2)
-        path = write_results(run_dir, results)
-        log.info("Results written to %s", path)
+        if writes_results:
+            path = write_results(run_dir, results)
+            log.info("Results written to %s", path)
         _finish_wandb()
     print(format_results_table(results))
     print(f"results: {path}")
