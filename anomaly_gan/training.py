@@ -18,11 +18,10 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf, open_dict
-
 from lightning.fabric.plugins.environments import LightningEnvironment
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from anomaly_gan import config as _config  # noqa: F401  (registers the ${ag.*} resolvers)
 from anomaly_gan.evaluation.artifacts import write_test_artifacts
