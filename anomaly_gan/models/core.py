@@ -107,6 +107,12 @@ class GanAnomalyModule(L.LightningModule):
         self._val_scores: list[Tensor] = []
         self._test_sets: dict[int, TestSetOutputs] = defaultdict(TestSetOutputs)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Name the architecture class, so inference rebuilds the model from the file alone."""
+        checkpoint["anomaly_gan"] = {
+            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+        }
+
     # ----------------------------------------------------------------- architecture hooks
     def generate(self, image: Tensor) -> GeneratorOutput:
         """Run the generator; every architecture says here what it returns."""
