@@ -33,6 +33,11 @@ class AnomalyScore:
     reconstruction_norm: Literal["l1", "l2"] = "l2"
     #: Gaussian smoothing of the anomaly map (pixels); 0 = raw per-pixel error.
     map_sigma: float = 0.0
+    #: How the anomaly map becomes the reconstruction term: ``mean`` over all pixels (the
+    #: papers), ``max``, or ``top_k`` = mean of the highest ``top_k_fraction`` of pixels. A
+    #: small defect barely moves the mean; max / top-k of a smoothed map follows it.
+    pooling: Literal["mean", "max", "top_k"] = "mean"
+    top_k_fraction: float = 0.01
 
     def __post_init__(self) -> None:
         if self.latent_weight < 0 or self.reconstruction_weight < 0:
@@ -46,6 +51,14 @@ class AnomalyScore:
             raise ValueError(
                 f"model.scorer.reconstruction_norm={self.reconstruction_norm!r}: "
                 "expected 'l1' or 'l2'"
+            )
+        if self.pooling not in ("mean", "max", "top_k"):
+            raise ValueError(
+                f"model.scorer.pooling={self.pooling!r}: expected 'mean', 'max' or 'top_k'"
+            )
+        if not 0 < self.top_k_fraction <= 1:
+            raise ValueError(
+                f"model.scorer.top_k_fraction must be in (0, 1], got {self.top_k_fraction}"
             )
         if self.map_sigma < 0:
             raise ValueError(f"model.scorer.map_sigma must be >= 0, got {self.map_sigma}")
@@ -67,6 +80,16 @@ class AnomalyScore:
             error = gaussian_blur(error, [kernel, kernel], [self.map_sigma, self.map_sigma])
         return error
 
+    def _pool(self, image: Tensor, reconstruction: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B,): the image-level reconstruction term."""
+        if self.pooling == "mean":  # smoothing does not change a mean: skip it
+            return self._pixel_error(image, reconstruction).flatten(1).mean(dim=1)
+        pixels = self.anomaly_map(image, reconstruction).flatten(1)
+        if self.pooling == "max":
+            return pixels.amax(dim=1)
+        k = max(1, round(self.top_k_fraction * pixels.shape[1]))
+        return pixels.topk(k, dim=1).values.mean(dim=1)
+
     def _pixel_error(self, image: Tensor, reconstruction: Tensor) -> Tensor:
         error = (image - reconstruction).abs()
         if self.reconstruction_norm == "l2":
@@ -82,6 +105,5 @@ class AnomalyScore:
             latent_distance = (latent_in - latent_out).flatten(1).square().mean(dim=1)
             score = score + self.latent_weight * latent_distance
         if self.reconstruction_weight:
-            error = self._pixel_error(image, reconstruction).flatten(1).mean(dim=1)
-            score = score + self.reconstruction_weight * error
+            score = score + self.reconstruction_weight * self._pool(image, reconstruction)
         return score
