@@ -122,6 +122,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
     """
 
     archive_name: ClassVar[str | None] = None
+    root: Path  # set by every subclass that reads files (used by downloads)
 
     def __init__(
         self,
@@ -228,7 +229,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         """
         if not self.download:
             return
-        root = Path(self.root)  # type: ignore[attr-defined]  # set by every downloadable subclass
+        root = Path(self.root)
         if not is_empty_root(root):
             return  # never download over existing files; scan() reports what is wrong
         assert self.archive_name is not None  # checked in __init__
