@@ -143,6 +143,7 @@ def _config_summary(cfg: DictConfig) -> dict[str, Any]:
         "data": data._target_.rsplit(".", 1)[-1],
         "category": data.get("category"),
         "test_categories": list(data.get("test_categories") or [data.get("category")]),
+        "test_limit": data.get("test_limit"),
         "image_size": data.image_size,
         "channels": data.channels,
         "seed": cfg.seed,

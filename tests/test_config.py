@@ -9,6 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
+import anomaly_gan.config  # noqa: F401  (registers the ${ag.*} resolvers, as train.py does)
 from tests.conftest import CONFIG_DIR
 
 
@@ -26,7 +27,17 @@ def _compose(tmp_path: Path, overrides: list[str]):
     return cfg
 
 
-GROUPS = ["model", "data", "loss", "trainer", "logger", "callbacks", "debug", "experiment"]
+GROUPS = [
+    "model",
+    "data",
+    "loss",
+    "trainer",
+    "logger",
+    "callbacks",
+    "debug",
+    "experiment",
+    "hparams_search",
+]
 
 
 @pytest.mark.parametrize(
