@@ -1,0 +1,108 @@
+"""MIFE and its Baseline (Toker & Korkmaz; mife-visa-generalization.md, Sections II.B–D).
+
+Generators: :class:`ConvAutoencoder` exactly as stated — five Conv(4, 2, 1) + BN +
+LeakyReLU blocks 3 -> 64 -> ... -> 1024, Linear to a 100-d latent, Linear back and five
+mirrored ConvTranspose layers, Tanh. MIFE adds self-attention after blocks 4 and 5 and
+concatenates each encoder block's map into the decoder step of the same resolution.
+
+Losses (II.D): L2 reconstruction, BCE adversarial, L2 encoder term
+``||E(x) − E(G(x))||₂`` with E the generator's own encoder applied again to the
+reconstruction (so :meth:`generate` returns ``latent_in = E(x)``, ``latent_out = E(G(x))``).
+Score (eq. 5): mean absolute reconstruction error.
+
+Choices where the paper is silent:
+- Discriminator: not described; we use the DCGAN/GANomaly discriminator.
+- Loss weights: not given; GANomaly's pattern w_adv 1 / w_con 50 / w_enc 1 (the MIFE and
+  baseline loss configs).
+- Decoder activations (BN + ReLU) and the Linear's activation, see
+  :mod:`anomaly_gan.nets.autoencoder`; 1-channel data replaces the 3 of the first and
+  last layers with ``channels``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+from anomaly_gan.losses import GeneratorLoss
+from anomaly_gan.models.core import GanAnomalyModule, GeneratorOutput
+from anomaly_gan.nets.autoencoder import ConvAutoencoder, supported_autoencoder_sizes
+from anomaly_gan.nets.blocks import check_image_size
+from anomaly_gan.nets.dcgan import DcganDiscriminator, supported_dcgan_sizes
+from anomaly_gan.scoring import AnomalyScore
+
+
+def supported_sizes() -> list[int]:
+    """Sizes both networks accept: multiples of 32 from 32 to 512."""
+    return sorted(set(supported_autoencoder_sizes()) & set(supported_dcgan_sizes()))
+
+
+class _AutoencoderGan(GanAnomalyModule):
+    """What MIFE and Baseline share: networks and the E(x) / E(G(x)) latent pair.
+
+    Has no ``__init__`` of its own, so each subclass's hyperparameters are exactly its
+    arguments (Lightning's ``save_hyperparameters`` merges every ``__init__`` in the chain,
+    and a checkpoint reloads by passing them back to the subclass).
+    """
+
+    default_loss = GeneratorLoss(
+        w_adv=1.0, w_con=50.0, w_enc=1.0, reconstruction="l2", adversarial="bce", encoder="l2"
+    )
+    default_scorer = AnomalyScore(
+        latent_weight=0.0, reconstruction_weight=1.0, reconstruction_norm="l1"
+    )
+    generator: ConvAutoencoder
+
+    def _build(
+        self,
+        name: str,
+        latent_dim: int,
+        base_width: int,
+        skip_connections: bool,
+        attention_levels: Sequence[int],
+    ) -> None:
+        image_size, channels = self.hparams.image_size, self.hparams.channels
+        check_image_size(image_size, supported_sizes(), name)
+        self.generator = ConvAutoencoder(
+            image_size, channels, latent_dim, base_width, skip_connections, attention_levels
+        )
+        self.discriminator = DcganDiscriminator(image_size, channels, base_width)
+        self.init_weights()
+
+    def generate(self, image: Tensor) -> GeneratorOutput:
+        reconstruction, latent_in = self.generator(image)  # (B, C, S, S), (B, latent_dim)
+        latent_out = self.generator.encode(reconstruction)  # E(G(x)), (B, latent_dim)
+        return GeneratorOutput(reconstruction, latent_in, latent_out)
+
+
+class Mife(_AutoencoderGan):
+    """U-Net autoencoder with self-attention after encoder blocks 4 and 5 (II.C)."""
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        channels: int = 3,
+        latent_dim: int = 100,
+        base_width: int = 64,
+        attention_levels: Sequence[int] = (4, 5),
+        **core: Any,
+    ) -> None:
+        super().__init__(image_size=image_size, channels=channels, **core)
+        self._build("MIFE", latent_dim, base_width, True, attention_levels)
+
+
+class MifeBaseline(_AutoencoderGan):
+    """The MIFE paper's Baseline: the same autoencoder with no skips and no attention (II.B)."""
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        channels: int = 3,
+        latent_dim: int = 100,
+        base_width: int = 64,
+        **core: Any,
+    ) -> None:
+        super().__init__(image_size=image_size, channels=channels, **core)
+        self._build("the MIFE Baseline", latent_dim, base_width, False, ())

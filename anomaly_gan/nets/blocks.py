@@ -1,0 +1,129 @@
+"""Building blocks shared by the U-Nets and autoencoders: size checks, DSC, self-attention.
+
+- :func:`check_image_size` — every network refuses an unsupported ``data.image_size`` when it
+  is built, listing the sizes that work (STYLE.md: errors where the bad value enters).
+- :class:`DepthwiseSeparableConv2d` — the DSC of SAGAN (Liu et al. 2021) that Skip-SA uses
+  in every generator level (skip-self-attention-gan.md, Section 3.2).
+- :class:`SelfAttention2d` — Zhang et al. 2018 (SAGAN) self-attention, used by Skip-SA's
+  encoder (Section 3.1) and by MIFE after encoder blocks 4 and 5 (mife paper, II.C).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def check_image_size(image_size: int, supported: Sequence[int], network: str) -> None:
+    """Raise ``ValueError`` naming ``data.image_size`` and every size ``network`` supports."""
+    if image_size not in supported:
+        raise ValueError(
+            f"Image size {image_size} is not supported by {network}: use one of "
+            f"{', '.join(map(str, supported))}; set data.image_size."
+        )
+
+
+def powers_of_two(low: int, high: int) -> list[int]:
+    """Powers of two from ``low`` to ``high`` inclusive (both powers of two)."""
+    sizes, size = [], low
+    while size <= high:
+        sizes.append(size)
+        size *= 2
+    return sizes
+
+
+def check_levels(levels: Iterable[int], depth: int, key: str) -> tuple[int, ...]:
+    """Validate 1-based encoder level numbers (e.g. ``model.attention_levels``)."""
+    chosen = tuple(sorted({int(level) for level in levels}))
+    if any(level < 1 or level > depth for level in chosen):
+        raise ValueError(
+            f"{key}={list(levels)}: levels are numbered 1 (full resolution) to {depth} "
+            f"(the deepest encoder level of this network)"
+        )
+    return chosen
+
+
+class DepthwiseSeparableConv2d(nn.Module):
+    """3x3 depthwise convolution (one filter per channel) then a 1x1 pointwise convolution.
+
+    Same receptive field as a 3x3 convolution with about ``1/out + 1/9`` of its weights
+    (Skip-SA, Section 3.2: "to reduce the number of model parameters"). No bias: a
+    BatchNorm always follows it in our networks.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(
+            in_channels, in_channels, kernel_size, padding=kernel_size // 2,
+            groups=in_channels, bias=False,
+        )
+        self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+def dsc_block(in_channels: int, out_channels: int, activation: nn.Module) -> nn.Sequential:
+    """DSC -> BatchNorm -> activation: one of the two convolutions of a Skip-SA level."""
+    return nn.Sequential(
+        DepthwiseSeparableConv2d(in_channels, out_channels),
+        nn.BatchNorm2d(out_channels),
+        activation,
+    )
+
+
+class SelfAttention2d(nn.Module):
+    """Self-attention over all H·W positions of a feature map (Zhang et al. 2018, SAGAN).
+
+    query/key: 1x1 convolutions to ``C // reduction`` channels; value: 1x1 convolution to C;
+    attention = softmax over the N = H·W key positions of ``query · key`` (unscaled, as in
+    SAGAN); output ``gamma * attention(value) + x`` with the learnt scalar ``gamma``
+    initialised to 0, so a fresh module is the identity and the network learns how much
+    non-local evidence to mix in.
+
+    Computed with ``F.scaled_dot_product_attention`` (``scale=1``), never as an explicit
+    N×N matrix. The fused kernels (CPU flash, CUDA flash and memory-efficient) need query,
+    key and value to share one head size, so query and key are zero-padded from C/8 to C:
+    the padded features add exactly 0 to every dot product, so the result is unchanged,
+    and memory stays O(N) instead of the N×N map (16.7M entries per image at 64×64, 268M at
+    128×128). The cost is C instead of C/8 multiply-adds per query·key product.
+    """
+
+    def __init__(self, channels: int, reduction: int = 8) -> None:
+        super().__init__()
+        if channels < 1 or reduction < 1:
+            raise ValueError(f"SelfAttention2d: channels={channels}, reduction={reduction}")
+        self.inner_channels = max(1, channels // reduction)
+        self.query = nn.Conv2d(channels, self.inner_channels, 1)
+        self.key = nn.Conv2d(channels, self.inner_channels, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, channels, height, width = x.shape
+        pad = channels - self.inner_channels
+
+        def tokens(projection: Tensor) -> Tensor:
+            # (B, c, H, W) -> (B, 1, N, c): one head, contiguous rows for the fused kernels.
+            return projection.flatten(2).transpose(1, 2).unsqueeze(1).contiguous()
+
+        query = F.pad(tokens(self.query(x)), (0, pad))  # (B, 1, N, C/8) -> (B, 1, N, C)
+        key = F.pad(tokens(self.key(x)), (0, pad))
+        value = tokens(self.value(x))  # (B, 1, N, C)
+        attended = F.scaled_dot_product_attention(query, key, value, scale=1.0)
+        # (B, 1, N, C) -> (B, C, H, W)
+        attended = attended.squeeze(1).transpose(1, 2).reshape(batch, channels, height, width)
+        return self.gamma * attended + x
+
+
+__all__ = [
+    "DepthwiseSeparableConv2d",
+    "SelfAttention2d",
+    "check_image_size",
+    "check_levels",
+    "dsc_block",
+    "powers_of_two",
+]

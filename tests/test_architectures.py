@@ -1,0 +1,373 @@
+"""Every architecture on the shared core: shapes, sizes, attention maths, optimizer steps.
+
+CPU only, real networks and a real ``lightning.Trainer``; no mocks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.data import DataLoader
+
+from anomaly_gan.losses import GeneratorLoss
+from anomaly_gan.models import (
+    GanAnomalyModule,
+    Ganomaly,
+    Mife,
+    MifeBaseline,
+    SkipGanomaly,
+    SkipSelfAttentionGan,
+)
+from anomaly_gan.nets import (
+    ConvAutoencoder,
+    DepthwiseSeparableConv2d,
+    Pix2PixUnet,
+    SelfAttention2d,
+    SelfAttentionUnet,
+)
+from anomaly_gan.nets.dcgan import count_parameters
+from anomaly_gan.scoring import AnomalyScore
+
+MODELS: dict[str, type[GanAnomalyModule]] = {
+    "ganomaly": Ganomaly,
+    "skip_ganomaly": SkipGanomaly,
+    "skip_sa": SkipSelfAttentionGan,
+    "mife": Mife,
+    "baseline": MifeBaseline,
+}
+SIZES = (32, 64)
+
+# (generator, discriminator) parameters at 3 channels, default widths. Pinned so that an
+# accidental change of any layer fails here; the MIFE/Baseline difference is also derived
+# from the paper's layer list in test_mife_adds_exactly_attention_and_skip_widths.
+PARAMETER_COUNTS: dict[tuple[str, int], tuple[int, int]] = {
+    ("ganomaly", 32): (3_206_528, 663_296),
+    ("ganomaly", 64): (10_729_856, 2_765_568),
+    ("skip_ganomaly", 32): (16_659_075, 663_296),
+    ("skip_ganomaly", 64): (29_244_035, 2_765_568),
+    ("skip_sa", 32): (4_339_539, 663_296),
+    ("skip_sa", 64): (4_339_539, 2_765_568),
+    ("mife", 32): (35_286_761, 663_296),
+    ("mife", 64): (35_904_233, 2_765_568),
+    ("baseline", 32): (22_502_247, 663_296),
+    ("baseline", 64): (23_119_719, 2_765_568),
+}
+
+# A size each model refuses, and sizes its refusal message must list.
+REFUSED: dict[str, tuple[int, list[str]]] = {
+    "ganomaly": (40, ["32", "48", "512"]),
+    "skip_ganomaly": (48, ["32, 64, 128, 256, 512"]),
+    "skip_sa": (48, ["32, 64, 96, 128"]),
+    "mife": (48, ["32, 64, 96, 128"]),
+    "baseline": (16, ["32, 64, 96, 128"]),
+}
+
+
+def build(name: str, image_size: int = 32, channels: int = 3, **kwargs: Any) -> GanAnomalyModule:
+    torch.manual_seed(0)
+    return MODELS[name](image_size=image_size, channels=channels, **kwargs)
+
+
+# ------------------------------------------------------------------- shapes and sizes
+@pytest.mark.parametrize("image_size", SIZES)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_output_shapes_finite_and_parameter_counts(name: str, image_size: int) -> None:
+    for channels in (3, 1):
+        model = build(name, image_size, channels).eval()
+        image = torch.rand(2, channels, image_size, image_size) * 2 - 1
+        with torch.no_grad():
+            output = model.generate(image)
+            latent_in, latent_out = model.latent_pair(image, output)
+            scores = model(image)
+        assert output.reconstruction.shape == image.shape
+        assert output.reconstruction.abs().max() <= 1.0  # Tanh output, like the inputs
+        assert latent_in.shape == latent_out.shape
+        assert latent_in.dim() == 2 and latent_in.shape[0] == 2
+        assert scores.shape == (2,)
+        for tensor in (output.reconstruction, latent_in, latent_out, scores):
+            assert torch.isfinite(tensor).all()
+        if channels == 3:
+            counts = (count_parameters(model.generator), count_parameters(model.discriminator))
+            assert counts == PARAMETER_COUNTS[(name, image_size)]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_unsupported_size_is_refused_with_the_sizes_that_work(name: str) -> None:
+    size, listed = REFUSED[name]
+    with pytest.raises(ValueError, match=r"data\.image_size") as error:
+        build(name, size)
+    message = str(error.value)
+    assert f"Image size {size}" in message
+    for sizes in listed:
+        assert sizes in message
+
+
+@pytest.mark.parametrize(
+    ("network", "size"),
+    [
+        (lambda s: Pix2PixUnet(s, 3), 96),
+        (lambda s: SelfAttentionUnet(s, 3, depth=5), 48),
+        (lambda s: SelfAttentionUnet(s, 3, depth=3), 20),
+        (lambda s: ConvAutoencoder(s, 3), 80),
+    ],
+)
+def test_networks_validate_their_own_size(network: Any, size: int) -> None:
+    with pytest.raises(ValueError, match=r"set data\.image_size"):
+        network(size)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_larger_sizes_work_for_every_model(name: str) -> None:
+    """128 px runs (one grey image); 256 px is built only, to keep the suite fast.
+
+    Skip-SA runs at 128 px without attention on levels 1-2 (128² and 64² positions): the
+    attention maths is tested on its own below, and 16,384² attention takes seconds on CPU.
+    """
+    kwargs: dict[str, Any] = {"attention_levels": [3, 4, 5]} if name == "skip_sa" else {}
+    model = build(name, 128, 1, **kwargs).eval()
+    image = torch.rand(1, 1, 128, 128) * 2 - 1
+    with torch.no_grad():
+        reconstruction = model.generate(image).reconstruction
+        scores = model(image)
+    assert reconstruction.shape == image.shape and torch.isfinite(scores).all()
+    assert build(name, 256, 3).hparams.image_size == 256
+
+
+def test_attention_levels_out_of_range_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"model\.attention_levels"):
+        build("skip_sa", attention_levels=[0, 2])
+    with pytest.raises(ValueError, match=r"model\.attention_levels"):
+        build("mife", attention_levels=[6])
+
+
+def test_hparams_rebuild_the_same_model() -> None:
+    """``load_from_checkpoint`` passes the saved hparams back to the class."""
+    for name, cls in MODELS.items():
+        model = build(name)
+        clone = cls(**model.hparams)
+        clone.load_state_dict(model.state_dict(), strict=True)
+        assert clone.loss_fn == model.loss_fn and clone.scorer == model.scorer
+
+
+# -------------------------------------------------------------------- architecture facts
+def test_default_losses_and_scores_follow_the_papers() -> None:
+    skip = build("skip_ganomaly")
+    assert skip.loss_fn == GeneratorLoss(1.0, 50.0, 1.0, "l1", "bce", "l2")
+    assert skip.scorer == AnomalyScore(0.1, 0.9, "l2")
+    skip_sa = build("skip_sa")
+    assert (skip_sa.loss_fn.w_adv, skip_sa.loss_fn.w_con, skip_sa.loss_fn.w_enc) == (0.5, 0.3, 0.2)
+    for name in ("mife", "baseline"):
+        model = build(name)
+        assert model.loss_fn == GeneratorLoss(1.0, 50.0, 1.0, "l2", "bce", "l2")
+        assert model.scorer == AnomalyScore(0.0, 1.0, "l1")
+
+
+@pytest.mark.parametrize("image_size", [32, 64, 128])
+def test_skip_ganomaly_unet_depth_is_log2_of_the_size(image_size: int) -> None:
+    net = Pix2PixUnet(image_size, 3)
+    assert len(net.down) == int(math.log2(image_size))
+    innermost = torch.zeros(1, 3, image_size, image_size)
+    for down in net.down:
+        innermost = down(innermost)
+    assert innermost.shape[-2:] == (1, 1)
+
+
+def test_skip_ganomaly_latent_comes_from_discriminator_features() -> None:
+    model = build("skip_ganomaly").eval()
+    image = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        output = model.generate(image)
+        latent_in, latent_out = model.latent_pair(image, output)
+        _, real_features = model.discriminator(image)
+        _, fake_features = model.discriminator(output.reconstruction)
+    assert output.latent_in is None and output.latent_out is None
+    torch.testing.assert_close(latent_in, real_features.flatten(1))
+    torch.testing.assert_close(latent_out, fake_features.flatten(1))
+
+
+def test_skip_sa_levels_have_two_dscs_attention_and_pooling() -> None:
+    net = SelfAttentionUnet(64, 3)  # paper default: attention on every level
+    assert len(net.encoder) == 5
+    assert all(isinstance(module, SelfAttention2d) for module in net.attention)
+    for level in net.encoder:
+        assert sum(isinstance(m, DepthwiseSeparableConv2d) for m in level.modules()) == 2
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in net.modules())  # bilinear up
+    chosen = SelfAttentionUnet(64, 3, attention_levels=[2, 3])
+    kinds = [isinstance(module, SelfAttention2d) for module in chosen.attention]
+    assert kinds == [False, True, True, False, False]
+
+
+def test_dsc_has_depthwise_and_pointwise_weights_only() -> None:
+    dsc = DepthwiseSeparableConv2d(64, 128)
+    assert count_parameters(dsc) == 64 * 3 * 3 + 64 * 128
+    assert dsc(torch.randn(1, 64, 9, 7)).shape == (1, 128, 9, 7)
+
+
+def _attention_parameters(channels: int) -> int:
+    inner = channels // 8
+    return 2 * (channels * inner + inner) + channels * channels + channels + 1
+
+
+def test_mife_adds_exactly_attention_and_skip_widths() -> None:
+    """MIFE = Baseline + SelfAttention after blocks 4, 5 + doubled decoder inputs (II.C)."""
+    mife, baseline = build("mife"), build("baseline")
+    encoder_widths = [64, 128, 256, 512, 1024]
+    decoder_outputs = [512, 256, 128, 64, 3]
+    extra_skip_weights = sum(  # each ConvTranspose2d(4, 2, 1) sees `width` more inputs
+        width * out * 16
+        for width, out in zip(encoder_widths[::-1], decoder_outputs, strict=True)
+    )
+    expected = _attention_parameters(512) + _attention_parameters(1024) + extra_skip_weights
+    assert count_parameters(mife.generator) - count_parameters(baseline.generator) == expected
+    assert [step[0].in_channels for step in mife.generator.decoder.steps] == [
+        2048, 1024, 512, 256, 128]
+    assert [step[0].in_channels for step in baseline.generator.decoder.steps] == [
+        1024, 512, 256, 128, 64]
+
+
+@pytest.mark.parametrize("image_size", [32, 64])
+def test_mife_encoder_matches_the_paper_layers(image_size: int) -> None:
+    encoder = build("baseline", image_size).generator.encoder
+    convs = [block[0] for block in encoder.blocks]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [
+        (3, 64), (64, 128), (128, 256), (256, 512), (512, 1024)]
+    assert all(c.kernel_size == (4, 4) and c.stride == (2, 2) for c in convs)
+    assert encoder.to_latent.in_features == 1024 * (image_size // 32) ** 2
+    assert encoder.to_latent.out_features == 100
+
+
+def test_mife_encoder_loss_reuses_the_generator_encoder() -> None:
+    model = build("mife").eval()
+    image = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        output = model.generate(image)
+        torch.testing.assert_close(output.latent_in, model.generator.encode(image))
+        torch.testing.assert_close(
+            output.latent_out, model.generator.encode(output.reconstruction)
+        )
+
+
+# --------------------------------------------------------------------- self-attention
+def reference_attention(module: SelfAttention2d, x: Tensor) -> Tensor:
+    """Zhang et al. 2018 written out: explicit N×N softmax(q^T k), then v · attention^T."""
+    batch, channels, height, width = x.shape
+    query = module.query(x).flatten(2)  # (B, C/8, N)
+    key = module.key(x).flatten(2)
+    value = module.value(x).flatten(2)  # (B, C, N)
+    attention = torch.softmax(query.transpose(1, 2) @ key, dim=-1)  # (B, N, N), rows = queries
+    out = (value @ attention.transpose(1, 2)).view(batch, channels, height, width)
+    return module.gamma * out + x
+
+
+@pytest.mark.parametrize(("channels", "height", "width"), [(64, 8, 8), (32, 5, 7), (4, 6, 6)])
+def test_self_attention_matches_the_plain_reference(channels: int, height: int, width: int) -> None:
+    torch.manual_seed(0)
+    module = SelfAttention2d(channels)
+    with torch.no_grad():
+        module.gamma.fill_(0.7)
+    x = torch.randn(3, channels, height, width)
+    torch.testing.assert_close(module(x), reference_attention(module, x), atol=1e-5, rtol=0)
+
+
+def test_self_attention_starts_as_identity() -> None:
+    module = SelfAttention2d(16)
+    x = torch.randn(2, 16, 4, 4)
+    assert module.gamma.item() == 0.0
+    torch.testing.assert_close(module(x), x)
+
+
+def test_self_attention_runs_on_the_fused_cpu_kernel() -> None:
+    """Restricted to the flash backend, forward and backward still run: no N×N matrix."""
+    module = SelfAttention2d(64)
+    x = torch.randn(2, 64, 16, 16, requires_grad=True)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        module(x).square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+# ----------------------------------------------------------------- one training step
+class _StepRecorder(L.Callback):
+    """Snapshots every parameter around each optimizer step (torch step hooks)."""
+
+    def __init__(self) -> None:
+        self.changed: dict[str, tuple[set[str], set[str]]] = {}
+        self.had_grad: dict[str, set[str]] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: GanAnomalyModule) -> None:
+        named = dict(pl_module.named_parameters())
+        d_ids = {id(p) for p in pl_module.discriminator.parameters()}
+        for optimizer in trainer.optimizers:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            role = "d" if all(id(p) in d_ids for p in params) else "g"
+            before: dict[str, Tensor] = {}
+
+            def pre(_opt: Any, _args: Any, _kwargs: Any, before: dict = before,
+                    role: str = role) -> None:
+                before.update({n: p.detach().clone() for n, p in named.items()})
+                self.had_grad[role] = {
+                    n for n, p in named.items() if p.grad is not None and p.grad.abs().sum() > 0
+                }
+
+            def post(_opt: Any, _args: Any, _kwargs: Any, before: dict = before,
+                     role: str = role) -> None:
+                changed = {n for n, p in named.items() if not torch.equal(p, before[n])}
+                generator = {n for n in changed if n.startswith("generator.")}
+                discriminator = {n for n in changed if n.startswith("discriminator.")}
+                self.changed[role] = (generator, discriminator)
+
+            optimizer.register_step_pre_hook(pre)
+            optimizer.register_step_post_hook(post)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_training_step_updates_only_the_stepped_network(name: str) -> None:
+    model = build(name)
+    images = [{"image": torch.rand(3, 32, 32) * 2 - 1} for _ in range(4)]
+    recorder = _StepRecorder()
+    trainer = L.Trainer(
+        accelerator="cpu", fast_dev_run=1, callbacks=[recorder], logger=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(model, train_dataloaders=DataLoader(images, batch_size=4))
+
+    g_params = {n for n, _ in model.named_parameters() if n.startswith("generator.")}
+    d_params = {n for n, _ in model.named_parameters() if n.startswith("discriminator.")}
+    g_changed, d_changed = recorder.changed["d"]
+    assert g_changed == set()
+    assert d_changed == d_params  # every discriminator parameter moved
+    g_changed, d_changed = recorder.changed["g"]
+    assert d_changed == set()
+    # Every generator parameter with a gradient moved; the only ones without are the
+    # attention projections, whose output is multiplied by gamma = 0 at the first step.
+    assert g_changed == recorder.had_grad["g"] & g_params
+    unmoved = g_params - g_changed
+    assert all(n.rsplit(".", 2)[-2] in ("query", "key", "value") for n in unmoved), unmoved
+
+
+# --------------------------------------------------------------------- eval-mode scores
+@pytest.mark.parametrize("name", list(MODELS))
+def test_eval_scores_are_deterministic_and_batch_independent(name: str) -> None:
+    model = build(name)
+    torch.manual_seed(1)
+    with torch.no_grad():  # move BatchNorm running statistics away from their initial values
+        for _ in range(3):
+            model.generate(torch.rand(8, 3, 32, 32) * 2 - 1)
+    model.eval()
+    images = torch.rand(6, 3, 32, 32) * 2 - 1
+    outliers = torch.randn(5, 3, 32, 32) * 3  # very different batch-mates
+    with torch.no_grad():
+        scores = model(images)
+        torch.testing.assert_close(model(images), scores, atol=0, rtol=0)
+        alone = torch.cat([model(images[i : i + 1]) for i in range(6)])
+        permutation = torch.tensor([5, 3, 0, 1, 4, 2])
+        shuffled = model(images[permutation])
+        mixed = model(torch.cat([outliers, images[:1]]))[-1]
+    torch.testing.assert_close(alone, scores, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(shuffled, scores[permutation], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(mixed, scores[0], atol=1e-5, rtol=1e-4)
