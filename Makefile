@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test lint format clean report
+.PHONY: install demo test lint format clean report quality
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,7 @@ clean:
 ## Tables and figures across runs: make report SWEEP="multirun/<time> [more dirs]"
 report: install
 	$(PY) -m anomaly_gan.report $(SWEEP)
+
+## Real-defect quality: every model vs mean-image and PCA baselines on the magnetic tiles.
+quality: install
+	$(PY) bench/quality.py $(QUALITY_ARGS)

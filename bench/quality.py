@@ -1,0 +1,134 @@
+"""Does a model detect real defects? Image AUROC per model and size over seeds, next to
+two simple baselines computed on the same split (mean-image distance, PCA reconstruction).
+
+    python bench/quality.py                                  # magnetic tiles, all models
+    python bench/quality.py --models ganomaly --sizes 64 --seeds 0 1 2 -- model.lr=1e-4
+
+Every run is a real ``python train.py`` job (its results.json is read back); settings are
+chosen on validation normals only, and the table reports the test split only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from anomaly_gan.data import MVTecDataModule  # noqa: E402
+from anomaly_gan.evaluation.baselines import baseline_metrics  # noqa: E402
+
+MODELS = ["ganomaly", "skip_ganomaly", "skip_sa", "mife", "baseline"]
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def run_job(args: argparse.Namespace, model: str, size: int, seed: int) -> dict:
+    run_dir = args.work_dir / f"{model}_{size}_seed{seed}"
+    command = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "experiment=magnetic_tile",
+        f"data.root={args.root}",
+        f"data.category={args.category}",
+        f"model={model}",
+        f"data.image_size={size}",
+        f"seed={seed}",
+        f"trainer.max_time={args.budget}",
+        "logger=csv",
+        "callbacks.progress_bar.refresh_rate=0",
+        f"hydra.run.dir={run_dir}",
+        *args.overrides,
+    ]
+    started = time.monotonic()
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    results_file = run_dir / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    metrics = (results.get("categories") or {}).get(args.category, {})
+    return {
+        "model": model,
+        "size": size,
+        "seed": seed,
+        "status": results.get("status", "missing"),
+        "auroc": metrics.get("auroc"),
+        "pixel_auroc": metrics.get("pixel_auroc"),
+        "seconds": round(time.monotonic() - started, 1),
+        "run_dir": str(run_dir),
+        "returncode": completed.returncode,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--category", default="magnetic_tile")
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budget", default="00:00:15:00", help="trainer.max_time per run")
+    parser.add_argument("--work-dir", type=Path, default=REPO / "bench" / "runs" / "quality")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "quality.json")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides after --")
+    args = parser.parse_args()
+    if not (args.root / args.category / "train" / "good").is_dir():
+        parser.error(f"{args.root / args.category} is not an MVTec-layout category folder")
+
+    baselines = {}
+    for size in args.sizes:
+        datamodule = MVTecDataModule(
+            root=str(args.root),
+            category=args.category,
+            image_size=size,
+            channels=1,
+            seed=0,
+            cache=False,
+        )
+        metrics = baseline_metrics(datamodule)[args.category]
+        baselines[size] = {name: m["auroc"] for name, m in metrics.items()}
+        print(f"{size} px baselines: {baselines[size]}", flush=True)
+
+    runs = []
+    for model in args.models:
+        for size in args.sizes:
+            for seed in args.seeds:
+                runs.append(run_job(args, model, size, seed))
+                print(json.dumps(runs[-1]), flush=True)
+
+    print("\n| model | size | image AUROC | pixel AUROC | train+test s | runs |")
+    print("|---|---|---|---|---|---|")
+    for size in args.sizes:
+        for name, value in baselines[size].items():
+            print(f"| {name} (baseline) | {size} | {value:.3f} | - | - | - |")
+    for model in args.models:
+        for size in args.sizes:
+            cell = [r for r in runs if r["model"] == model and r["size"] == size]
+            done = [r for r in cell if r["status"] == "completed"]
+            print(
+                f"| {model} | {size} | {_mean_std([r['auroc'] for r in done])} | "
+                f"{_mean_std([r['pixel_auroc'] for r in done if r['pixel_auroc'] is not None])}"
+                f" | {_mean_std([r['seconds'] for r in cell])} | {len(done)}/{len(cell)} |"
+            )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"baselines": baselines, "runs": runs}, indent=2))
+    print(f"\nwritten: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
