@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,19 +53,7 @@ class FolderDataModule(AnomalyDataModule):
         category: str = "folder",
         test_categories: Sequence[str] | None = None,
         test_normal_fraction: float = 0.2,
-        test_limit: int | None = None,
-        image_size: int = 64,
-        channels: int = 3,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        pin_memory: bool = False,
-        cache: bool = True,
-        cache_dir: str | Path | None = None,
-        skip_corrupt: bool = False,
-        download: bool = False,
+        **base: Any,
     ) -> None:
         if not isinstance(category, str) or not category:
             raise ValueError(f"data.category must be a non-empty name, got {category!r}.")
@@ -91,19 +80,7 @@ class FolderDataModule(AnomalyDataModule):
                 f"{test_normal_fraction!r}."
             )
         super().__init__(
-            image_size=image_size,
-            channels=channels,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            seed=seed,
-            pin_memory=pin_memory,
-            test_limit=test_limit,
-            cache=cache,
-            cache_dir=cache_dir,
-            skip_corrupt=skip_corrupt,
-            download=download,
+            **base,
         )
         self.root = Path(root).expanduser()
         self.category = category

@@ -17,7 +17,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -131,21 +131,7 @@ class KolektorDataModule(AnomalyDataModule):
         category: str = "kolektor",
         test_categories: Sequence[str] | None = None,
         test_normal_fraction: float = 0.2,
-        test_limit: int | None = None,
-        image_size: int = 64,
-        channels: int = 1,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        pin_memory: bool = False,
-        cache: bool = True,
-        cache_dir: str | Path | None = None,
-        skip_corrupt: bool = False,
-        download: bool = False,
-        download_url: str | None = None,
-        sha256: str | None = None,
+        **base: Any,
     ) -> None:
         if not isinstance(category, str) or not category:
             raise ValueError(f"data.category must be a non-empty name, got {category!r}.")
@@ -164,23 +150,8 @@ class KolektorDataModule(AnomalyDataModule):
                 "data.test_normal_fraction must be a number in (0, 1), got "
                 f"{test_normal_fraction!r}. Example: data.test_normal_fraction=0.2."
             )
-        super().__init__(
-            image_size=image_size,
-            channels=channels,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            seed=seed,
-            pin_memory=pin_memory,
-            test_limit=test_limit,
-            cache=cache,
-            cache_dir=cache_dir,
-            skip_corrupt=skip_corrupt,
-            download=download,
-            download_url=download_url,
-            sha256=sha256,
-        )
+        base.setdefault("channels", 1)  # KolektorSDD images are grayscale
+        super().__init__(**base)
         self.root = Path(root).expanduser()
         self.category = category
         self.test_normal_fraction = float(test_normal_fraction)

@@ -309,18 +309,7 @@ class SyntheticDataModule(MVTecDataModule):
         n_train: int = 200,
         n_test_good: int = 40,
         n_test_per_defect: int = 20,
-        image_size: int = 64,
-        channels: int = 3,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        pin_memory: bool = False,
-        test_limit: int | None = None,
-        cache: bool = True,
-        cache_dir: str | Path | None = None,
-        skip_corrupt: bool = False,
+        **base: Any,
     ) -> None:
         _check_generation_args(
             category, generation_seed, source_size, n_train, n_test_good, n_test_per_defect
@@ -328,18 +317,7 @@ class SyntheticDataModule(MVTecDataModule):
         super().__init__(
             root=root,
             category=category,
-            image_size=image_size,
-            channels=channels,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            seed=seed,
-            pin_memory=pin_memory,
-            test_limit=test_limit,
-            cache=cache,
-            cache_dir=cache_dir,
-            skip_corrupt=skip_corrupt,
+            **base,
         )
         self.generation_seed = generation_seed
         self.source_size = source_size

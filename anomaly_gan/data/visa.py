@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from anomaly_gan.data.datamodule import (
     AnomalyDataModule,
@@ -234,22 +234,8 @@ class VisADataModule(AnomalyDataModule):
         root: str | Path,
         category: str = "candle",
         test_categories: Sequence[str] | None = None,
-        test_limit: int | None = None,
         split_csv: str = VISA_SPLIT_CSV,
-        image_size: int = 64,
-        channels: int = 3,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        pin_memory: bool = False,
-        cache: bool = True,
-        cache_dir: str | Path | None = None,
-        skip_corrupt: bool = False,
-        download: bool = False,
-        download_url: str | None = None,
-        sha256: str | None = None,
+        **base: Any,
     ) -> None:
         if not isinstance(category, str) or not category:
             raise ValueError(
@@ -258,21 +244,7 @@ class VisADataModule(AnomalyDataModule):
             )
         checked_test_categories = check_test_categories(test_categories)
         super().__init__(
-            image_size=image_size,
-            channels=channels,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            seed=seed,
-            pin_memory=pin_memory,
-            test_limit=test_limit,
-            cache=cache,
-            cache_dir=cache_dir,
-            skip_corrupt=skip_corrupt,
-            download=download,
-            download_url=download_url,
-            sha256=sha256,
+            **base,
         )
         self.root = Path(root).expanduser()
         self.category = category
