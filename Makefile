@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test lint format clean report quality
+.PHONY: install demo test lint format clean report quality bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,16 @@ report: install
 ## Real-defect quality: every model vs mean-image and PCA baselines on the magnetic tiles.
 quality: install
 	$(PY) bench/quality.py $(QUALITY_ARGS)
+
+## Benchmarks: sections of BENCHMARKS.md, raw JSON in bench/results/ (BENCH_ARGS= on a dedicated machine)
+BENCH_ARGS ?= --threads 1
+bench: install
+	$(PY) bench/speed.py $(BENCH_ARGS)
+	$(PY) bench/data_epoch.py
+	$(PY) bench/attention_memory.py $(BENCH_ARGS)
+	$(PY) bench/anomalib_compare.py $(BENCH_ARGS)
+	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(PY) bench/speed.py --device cuda && \
+		$(PY) bench/speed.py --device cuda --precision bf16-mixed --channels-last && \
+		$(PY) bench/attention_memory.py --device cuda; \
+	else echo "no CUDA GPU: GPU benchmarks skipped"; fi

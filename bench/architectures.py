@@ -82,8 +82,13 @@ def _measure(
     loader = DataLoader(images * (warmup + steps), batch_size=batch)
     timer = BatchTimer()
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
     )
     rss_before = _rss_bytes()
     trainer.fit(model, train_dataloaders=loader)
@@ -103,9 +108,21 @@ def _measure(
 
 
 def _run_child(name: str, size: int, args: argparse.Namespace) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", name, str(size), "--batch", str(args.batch),
-               "--warmup", str(args.warmup), "--steps", str(args.steps),
-               "--threads", str(args.threads or 0)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        name,
+        str(size),
+        "--batch",
+        str(args.batch),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads or 0),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"model": name, "size": size, "error": done.stderr.strip().splitlines()[-1]}
@@ -129,8 +146,10 @@ def _table(rows: list[dict[str, Any]], sizes: list[int]) -> str:
             if "error" in row:
                 cells += ["error", row["error"][:40]]
             else:
-                cells += [f"+{row['train_delta_mib']:.0f} ({row['peak_rss_mib']:.0f})",
-                          f"{row['images_per_s']:.1f}"]
+                cells += [
+                    f"+{row['train_delta_mib']:.0f} ({row['peak_rss_mib']:.0f})",
+                    f"{row['images_per_s']:.1f}",
+                ]
         lines.append(" | ".join(cells))
     return "\n".join(lines)
 
@@ -142,30 +161,36 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads per run (default: torch's own choice)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per run (default: torch's own choice)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         name, size = args.child[0], int(args.child[1])
-        print(json.dumps(
-            _measure(name, size, args.batch, args.warmup, args.steps, args.threads)
-        ))
+        print(json.dumps(_measure(name, size, args.batch, args.warmup, args.steps, args.threads)))
         return
 
     load = os.getloadavg()
-    print(f"CPU: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} "
-          f"{load[2]:.2f}; torch threads {args.threads or 'default'}; batch {args.batch}, "
-          f"{args.warmup} warm-up + {args.steps} timed training steps per cell "
-          "(one step = D update + G update; img/s from the median step)")
+    print(
+        f"CPU: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} "
+        f"{load[2]:.2f}; torch threads {args.threads or 'default'}; batch {args.batch}, "
+        f"{args.warmup} warm-up + {args.steps} timed training steps per cell "
+        "(one step = D update + G update; img/s from the median step)"
+    )
     rows = []
     for name in args.models:
         for size in args.sizes:
             started = time.perf_counter()
             row = _run_child(name, size, args)
             rows.append(row)
-            print(f"  {name} @ {size}px: {json.dumps(row)} ({time.perf_counter() - started:.0f}s)",
-                  flush=True)
+            print(
+                f"  {name} @ {size}px: {json.dumps(row)} ({time.perf_counter() - started:.0f}s)",
+                flush=True,
+            )
     print()
     print("peak MiB = peak RSS growth during training (absolute peak RSS in brackets)")
     print(_table(rows, args.sizes))

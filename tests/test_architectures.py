@@ -233,15 +233,24 @@ def test_mife_adds_exactly_attention_and_skip_widths() -> None:
     encoder_widths = [64, 128, 256, 512, 1024]
     decoder_outputs = [512, 256, 128, 64, 3]
     extra_skip_weights = sum(  # each ConvTranspose2d(4, 2, 1) sees `width` more inputs
-        width * out * 16
-        for width, out in zip(encoder_widths[::-1], decoder_outputs, strict=True)
+        width * out * 16 for width, out in zip(encoder_widths[::-1], decoder_outputs, strict=True)
     )
     expected = _attention_parameters(512) + _attention_parameters(1024) + extra_skip_weights
     assert count_parameters(mife.generator) - count_parameters(baseline.generator) == expected
     assert [step[0].in_channels for step in mife.generator.decoder.steps] == [
-        2048, 1024, 512, 256, 128]
+        2048,
+        1024,
+        512,
+        256,
+        128,
+    ]
     assert [step[0].in_channels for step in baseline.generator.decoder.steps] == [
-        1024, 512, 256, 128, 64]
+        1024,
+        512,
+        256,
+        128,
+        64,
+    ]
 
 
 @pytest.mark.parametrize("image_size", [32, 64])
@@ -249,7 +258,12 @@ def test_mife_encoder_matches_the_paper_layers(image_size: int) -> None:
     encoder = build("baseline", image_size).generator.encoder
     convs = [block[0] for block in encoder.blocks]
     assert [(c.in_channels, c.out_channels) for c in convs] == [
-        (3, 64), (64, 128), (128, 256), (256, 512), (512, 1024)]
+        (3, 64),
+        (64, 128),
+        (128, 256),
+        (256, 512),
+        (512, 1024),
+    ]
     assert all(c.kernel_size == (4, 4) and c.stride == (2, 2) for c in convs)
     assert encoder.to_latent.in_features == 1024 * (image_size // 32) ** 2
     assert encoder.to_latent.out_features == 100
@@ -261,9 +275,7 @@ def test_mife_encoder_loss_reuses_the_generator_encoder() -> None:
     with torch.no_grad():
         output = model.generate(image)
         torch.testing.assert_close(output.latent_in, model.generator.encode(image))
-        torch.testing.assert_close(
-            output.latent_out, model.generator.encode(output.reconstruction)
-        )
+        torch.testing.assert_close(output.latent_out, model.generator.encode(output.reconstruction))
 
 
 # --------------------------------------------------------------------- self-attention
@@ -320,15 +332,17 @@ class _StepRecorder(L.Callback):
             role = "d" if all(id(p) in d_ids for p in params) else "g"
             before: dict[str, Tensor] = {}
 
-            def pre(_opt: Any, _args: Any, _kwargs: Any, before: dict = before,
-                    role: str = role) -> None:
+            def pre(
+                _opt: Any, _args: Any, _kwargs: Any, before: dict = before, role: str = role
+            ) -> None:
                 before.update({n: p.detach().clone() for n, p in named.items()})
                 self.had_grad[role] = {
                     n for n, p in named.items() if p.grad is not None and p.grad.abs().sum() > 0
                 }
 
-            def post(_opt: Any, _args: Any, _kwargs: Any, before: dict = before,
-                     role: str = role) -> None:
+            def post(
+                _opt: Any, _args: Any, _kwargs: Any, before: dict = before, role: str = role
+            ) -> None:
                 changed = {n for n, p in named.items() if not torch.equal(p, before[n])}
                 generator = {n for n in changed if n.startswith("generator.")}
                 discriminator = {n for n in changed if n.startswith("discriminator.")}
@@ -344,8 +358,12 @@ def test_training_step_updates_only_the_stepped_network(name: str) -> None:
     images = [{"image": torch.rand(3, 32, 32) * 2 - 1} for _ in range(4)]
     recorder = _StepRecorder()
     trainer = L.Trainer(
-        accelerator="cpu", fast_dev_run=1, callbacks=[recorder], logger=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        fast_dev_run=1,
+        callbacks=[recorder],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(model, train_dataloaders=DataLoader(images, batch_size=4))
 

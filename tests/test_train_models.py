@@ -51,7 +51,12 @@ def _train(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
@@ -66,8 +71,14 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_each_model_composes_with_its_own_loss(name: str) -> None:
     cfg = _compose([f"model={name}"])
     loss = cfg.loss
-    assert (loss.w_adv, loss.w_con, loss.w_enc, loss.reconstruction, loss.adversarial,
-            loss.encoder) == PAPER_LOSSES[name]
+    assert (
+        loss.w_adv,
+        loss.w_con,
+        loss.w_enc,
+        loss.reconstruction,
+        loss.adversarial,
+        loss.encoder,
+    ) == PAPER_LOSSES[name]
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
     assert isinstance(model, GanAnomalyModule)
     assert type(model).__name__ == EXPECTED_CLASS[name]
@@ -77,10 +88,16 @@ def test_each_model_composes_with_its_own_loss(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["skip_ganomaly", "skip_sa", "mife", "baseline"])
 def test_loss_weights_and_forms_override_from_the_command_line(name: str) -> None:
-    cfg = _compose([
-        f"model={name}", "loss.w_adv=0.25", "loss.w_con=7", "loss.w_enc=3",
-        "loss.reconstruction=l1", "loss.adversarial=feature_matching",
-    ])
+    cfg = _compose(
+        [
+            f"model={name}",
+            "loss.w_adv=0.25",
+            "loss.w_con=7",
+            "loss.w_enc=3",
+            "loss.reconstruction=l1",
+            "loss.adversarial=feature_matching",
+        ]
+    )
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
     assert model.loss_fn == GeneratorLoss(0.25, 7.0, 3.0, "l1", "feature_matching", "l2")
 
@@ -89,18 +106,31 @@ def test_every_paper_loss_setting_is_a_loss_config() -> None:
     for loss_name, expected in PAPER_LOSSES.items():
         cfg = _compose(["model=skip_sa", f"loss={loss_name}"])
         loss = GeneratorLoss.from_config(OmegaConf.to_container(cfg.loss))
-        assert (loss.w_adv, loss.w_con, loss.w_enc, loss.reconstruction, loss.adversarial,
-                loss.encoder) == expected
+        assert (
+            loss.w_adv,
+            loss.w_con,
+            loss.w_enc,
+            loss.reconstruction,
+            loss.adversarial,
+            loss.encoder,
+        ) == expected
 
 
 def test_architecture_keys_are_config_keys() -> None:
-    cfg = _compose(["model=skip_sa", "model.attention_levels=[3,4]", "model.base_width=8",
-                    "model/scorer=reconstruction_l1"])
+    cfg = _compose(
+        [
+            "model=skip_sa",
+            "model.attention_levels=[3,4]",
+            "model.base_width=8",
+            "model/scorer=reconstruction_l1",
+        ]
+    )
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
     assert model.generator.attention_levels == (3, 4)
     assert model.scorer.latent_weight == 0.0
-    cfg = _compose(["model=mife", "model.attention_levels=[5]", "model.latent_dim=16",
-                    "model.base_width=8"])
+    cfg = _compose(
+        ["model=mife", "model.attention_levels=[5]", "model.latent_dim=16", "model.base_width=8"]
+    )
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
     assert model.generator.encoder.attention_levels == (5,)
     assert model.generator.encoder.to_latent.out_features == 16
@@ -117,9 +147,15 @@ def test_unsupported_size_is_refused_through_the_config() -> None:
 @pytest.mark.parametrize("name", MODELS)
 def test_train_fast_dev_run(name: str, tmp_path: Path, cache_dir: Path) -> None:
     result = _train(
-        [f"model={name}", "trainer.fast_dev_run=true", f"paths.root_dir={tmp_path}",
-         f"paths.cache_dir={cache_dir}", "logger=none", "callbacks.progress_bar.refresh_rate=0",
-         "data.batch_size=8"],
+        [
+            f"model={name}",
+            "trainer.fast_dev_run=true",
+            f"paths.root_dir={tmp_path}",
+            f"paths.cache_dir={cache_dir}",
+            "logger=none",
+            "callbacks.progress_bar.refresh_rate=0",
+            "data.batch_size=8",
+        ],
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -133,10 +169,18 @@ def test_train_fast_dev_run(name: str, tmp_path: Path, cache_dir: Path) -> None:
 
 def test_loss_weight_sweep_runs_one_job_per_value(tmp_path: Path, cache_dir: Path) -> None:
     result = _train(
-        ["-m", "model=baseline", "loss.w_adv=0.5,2", "trainer.fast_dev_run=true",
-         "data.batch_size=8", "model.base_width=16",
-         f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}", "logger=none",
-         "callbacks.progress_bar.refresh_rate=0"],
+        [
+            "-m",
+            "model=baseline",
+            "loss.w_adv=0.5,2",
+            "trainer.fast_dev_run=true",
+            "data.batch_size=8",
+            "model.base_width=16",
+            f"paths.root_dir={tmp_path}",
+            f"paths.cache_dir={cache_dir}",
+            "logger=none",
+            "callbacks.progress_bar.refresh_rate=0",
+        ],
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-4000:]

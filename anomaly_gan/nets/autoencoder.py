@@ -61,11 +61,13 @@ class ConvEncoder(nn.Module):
         self.attention = nn.ModuleList()
         in_width = channels
         for level, width in enumerate(self.widths, start=1):
-            self.blocks.append(nn.Sequential(
-                nn.Conv2d(in_width, width, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.LeakyReLU(0.2),
-            ))
+            self.blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(in_width, width, 4, 2, 1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.LeakyReLU(0.2),
+                )
+            )
             self.attention.append(
                 SelfAttention2d(width) if level in self.attention_levels else nn.Identity()
             )

@@ -57,8 +57,12 @@ class DepthwiseSeparableConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
         super().__init__()
         self.depthwise = nn.Conv2d(
-            in_channels, in_channels, kernel_size, padding=kernel_size // 2,
-            groups=in_channels, bias=False,
+            in_channels,
+            in_channels,
+            kernel_size,
+            padding=kernel_size // 2,
+            groups=in_channels,
+            bias=False,
         )
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
 

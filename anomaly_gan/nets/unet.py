@@ -76,8 +76,10 @@ class Pix2PixUnet(nn.Module):
             innermost = level == depth - 1
             up_in = widths[level] if innermost else 2 * widths[level]
             up_out = channels if level == 0 else widths[level - 1]
-            up: list[nn.Module] = [nn.ReLU(), nn.ConvTranspose2d(up_in, up_out, 4, 2, 1,
-                                                                 bias=level == 0)]
+            up: list[nn.Module] = [
+                nn.ReLU(),
+                nn.ConvTranspose2d(up_in, up_out, 4, 2, 1, bias=level == 0),
+            ]
             up.append(nn.Tanh() if level == 0 else nn.BatchNorm2d(up_out))
             self.up.append(nn.Sequential(*up))
 
@@ -131,7 +133,8 @@ class SelfAttentionUnet(nn.Module):
         if depth < 1:
             raise ValueError(f"model.depth must be >= 1, got {depth}")
         check_image_size(
-            image_size, supported_attention_unet_sizes(depth),
+            image_size,
+            supported_attention_unet_sizes(depth),
             f"the Skip-SA U-Net of depth {depth}",
         )
         widths = _widths(depth, base_width, max_width)
@@ -142,13 +145,16 @@ class SelfAttentionUnet(nn.Module):
         self.attention = nn.ModuleList()
         in_width = channels
         for level, width in enumerate(widths, start=1):
-            self.encoder.append(nn.Sequential(
-                dsc_block(in_width, width, nn.LeakyReLU(0.2)),
-                dsc_block(width, width, nn.LeakyReLU(0.2)),
-            ))
+            self.encoder.append(
+                nn.Sequential(
+                    dsc_block(in_width, width, nn.LeakyReLU(0.2)),
+                    dsc_block(width, width, nn.LeakyReLU(0.2)),
+                )
+            )
             self.attention.append(
                 SelfAttention2d(width, attention_reduction)
-                if level in self.attention_levels else nn.Identity()
+                if level in self.attention_levels
+                else nn.Identity()
             )
             in_width = width
         bottleneck_width = min(2 * widths[-1], max_width)
@@ -159,10 +165,12 @@ class SelfAttentionUnet(nn.Module):
         self.decoder = nn.ModuleList()
         below = bottleneck_width
         for width in reversed(widths):
-            self.decoder.append(nn.Sequential(
-                dsc_block(below + width, width, nn.ReLU()),
-                dsc_block(width, width, nn.ReLU()),
-            ))
+            self.decoder.append(
+                nn.Sequential(
+                    dsc_block(below + width, width, nn.ReLU()),
+                    dsc_block(width, width, nn.ReLU()),
+                )
+            )
             below = width
         self.to_image = nn.Sequential(nn.Conv2d(widths[0], channels, 1), nn.Tanh())
 
