@@ -76,6 +76,18 @@ def check_test_categories(value: Any) -> list[str] | None:
     return names
 
 
+def check_single_test_set(category: str, test_categories: Any, dataset: str) -> None:
+    """Datasets with one category (KolektorSDD, a folder) accept only null or [category]."""
+    if not isinstance(category, str) or not category:
+        raise ValueError(f"data.category must be a non-empty name, got {category!r}.")
+    checked = check_test_categories(test_categories)
+    if checked is not None and checked != [category]:
+        raise ValueError(
+            f"{dataset} has a single category ({category!r}); data.test_categories must "
+            f"be null or [{category}], got {test_categories!r}."
+        )
+
+
 def split_groups(groups: list[str], fraction: float, rng: np.random.Generator) -> set[str]:
     """Seeded choice of ``round(fraction * n)`` groups (at least 1, never all, if n >= 2).
 

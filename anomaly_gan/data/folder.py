@@ -23,7 +23,7 @@ import numpy as np
 from anomaly_gan.data.datamodule import (
     AnomalyDataModule,
     DataWarning,
-    check_test_categories,
+    check_single_test_set,
     split_groups,
 )
 from anomaly_gan.data.dataset import ANOMALOUS, NORMAL, DatasetError, Sample
@@ -55,14 +55,7 @@ class FolderDataModule(AnomalyDataModule):
         test_normal_fraction: float = 0.2,
         **base: Any,
     ) -> None:
-        if not isinstance(category, str) or not category:
-            raise ValueError(f"data.category must be a non-empty name, got {category!r}.")
-        checked = check_test_categories(test_categories)
-        if checked is not None and checked != [category]:
-            raise ValueError(
-                f"A folder dataset has a single test set ({category!r}); data.test_categories "
-                f"must be null or [{category}], got {test_categories!r}."
-            )
+        check_single_test_set(category, test_categories, "A folder dataset")
         if not isinstance(normal_dir, str) or not normal_dir:
             raise ValueError(f"data.normal_dir must be a folder path, got {normal_dir!r}.")
         if mask_dir is not None and abnormal_dir is None:

@@ -24,7 +24,7 @@ import numpy as np
 from anomaly_gan.data.datamodule import (
     AnomalyDataModule,
     DataWarning,
-    check_test_categories,
+    check_single_test_set,
     missing_root_message,
     split_groups,
 )
@@ -133,14 +133,7 @@ class KolektorDataModule(AnomalyDataModule):
         test_normal_fraction: float = 0.2,
         **base: Any,
     ) -> None:
-        if not isinstance(category, str) or not category:
-            raise ValueError(f"data.category must be a non-empty name, got {category!r}.")
-        checked = check_test_categories(test_categories)
-        if checked is not None and checked != [category]:
-            raise ValueError(
-                f"KolektorSDD has a single category ({category!r}); data.test_categories must "
-                f"be null or [{category}], got {test_categories!r}."
-            )
+        check_single_test_set(category, test_categories, "KolektorSDD")
         if (
             isinstance(test_normal_fraction, bool)
             or not isinstance(test_normal_fraction, int | float)
