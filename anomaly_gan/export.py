@@ -61,7 +61,7 @@ class ScoringModule(nn.Module):
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         scores, output = self.model.score(image)
-        anomaly_map = self.model.scorer.anomaly_map(image, output.reconstruction)
+        anomaly_map = self.model.anomaly_map(image, output.reconstruction)
         return scores, anomaly_map
 
 

@@ -222,6 +222,7 @@ def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") 
         else _guess_class(hparams, state_dict, path)
     )
     model = _build(cls, hparams)
+    model.on_load_checkpoint(checkpoint)  # the same fix-ups Lightning's own loading applies
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
@@ -378,7 +379,7 @@ def score_images(
     for indices, images in _batches(_read_items(dataset, predictions), batch_size):
         images = images.to(device)
         scores, output = model.score(images)
-        maps = model.scorer.anomaly_map(images, output.reconstruction) if overlay_dir else None
+        maps = model.anomaly_map(images, output.reconstruction) if overlay_dir else None
         for row, index in enumerate(indices):
             prediction = predictions[index]
             prediction.score = float(scores[row])

@@ -274,7 +274,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for logger in trainer.loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+        fit_started = time.monotonic()
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+        results["fit_seconds"] = round(time.monotonic() - fit_started, 2)
+        results["epochs"] = trainer.current_epoch
         results["global_step"] = trainer.global_step
         if not trainer.is_global_zero:  # other DDP ranks (SLURM/popen) are done
             writes_results = False

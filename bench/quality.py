@@ -3,6 +3,7 @@ two simple baselines computed on the same split (mean-image distance, PCA recons
 
     python bench/quality.py                                  # magnetic tiles, all models
     python bench/quality.py --models ganomaly --sizes 64 --seeds 0 1 2 -- model.lr=1e-4
+    python bench/quality.py --jobs 2            # two runs at a time, one thread each
 
 Every run is a real ``python train.py`` job (its results.json is read back); settings are
 chosen on validation normals only, and the table reports the test split only.
@@ -11,6 +12,7 @@ chosen on validation normals only, and the table reports the test split only.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import statistics
@@ -49,14 +51,20 @@ def run_job(args: argparse.Namespace, model: str, size: int, seed: int) -> dict:
         f"data.image_size={size}",
         f"seed={seed}",
         f"trainer.max_time={args.budget}",
+        f"data.selection_fraction={args.selection_fraction}",
+        f"data.test_part={args.test_part}",
         "logger=csv",
         "callbacks.progress_bar.refresh_rate=0",
         f"hydra.run.dir={run_dir}",
         *args.overrides,
     ]
-    started = time.monotonic()
-    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     results_file = run_dir / "results.json"
+    started = time.monotonic()
+    returncode = 0
+    if not (args.reuse and results_file.is_file()):
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else None
+        completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+        returncode = completed.returncode
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     metrics = (results.get("categories") or {}).get(args.category, {})
     return {
@@ -67,8 +75,10 @@ def run_job(args: argparse.Namespace, model: str, size: int, seed: int) -> dict:
         "auroc": metrics.get("auroc"),
         "pixel_auroc": metrics.get("pixel_auroc"),
         "seconds": round(time.monotonic() - started, 1),
+        "train_seconds": results.get("fit_seconds"),
+        "epochs": results.get("epochs"),
         "run_dir": str(run_dir),
-        "returncode": completed.returncode,
+        "returncode": returncode,
     }
 
 
@@ -84,6 +94,25 @@ def main() -> int:
     parser.add_argument("--budget", default="00:00:15:00", help="trainer.max_time per run")
     parser.add_argument("--work-dir", type=Path, default=REPO / "bench" / "runs" / "quality")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "quality.json")
+    parser.add_argument(
+        "--selection-fraction",
+        type=float,
+        default=0.3,
+        help="share of the test set kept for choosing settings (never in the table)",
+    )
+    parser.add_argument(
+        "--test-part",
+        choices=["report", "selection"],
+        default="report",
+        help="report (the table) or selection (for comparing settings)",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="runs at the same time")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per run (default: cores/jobs)"
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="read runs that already have a results.json"
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides after --")
     args = parser.parse_args()
     if not (args.root / args.category / "train" / "good").is_dir():
@@ -98,19 +127,24 @@ def main() -> int:
             channels=1,
             seed=0,
             cache=False,
+            val_fraction=0.15,
+            selection_fraction=args.selection_fraction,
+            test_part=args.test_part,
         )
         metrics = baseline_metrics(datamodule)[args.category]
         baselines[size] = {name: m["auroc"] for name, m in metrics.items()}
         print(f"{size} px baselines: {baselines[size]}", flush=True)
 
+    if args.threads is None:
+        args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    grid = [(m, size, seed) for m in args.models for size in args.sizes for seed in args.seeds]
     runs = []
-    for model in args.models:
-        for size in args.sizes:
-            for seed in args.seeds:
-                runs.append(run_job(args, model, size, seed))
-                print(json.dumps(runs[-1]), flush=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for run in pool.map(lambda job: run_job(args, *job), grid):
+            runs.append(run)
+            print(json.dumps(run), flush=True)
 
-    print("\n| model | size | image AUROC | pixel AUROC | train+test s | runs |")
+    print("\n| model | size | image AUROC | pixel AUROC | train s | runs |")
     print("|---|---|---|---|---|---|")
     for size in args.sizes:
         for name, value in baselines[size].items():
@@ -122,7 +156,8 @@ def main() -> int:
             print(
                 f"| {model} | {size} | {_mean_std([r['auroc'] for r in done])} | "
                 f"{_mean_std([r['pixel_auroc'] for r in done if r['pixel_auroc'] is not None])}"
-                f" | {_mean_std([r['seconds'] for r in cell])} | {len(done)}/{len(cell)} |"
+                f" | {_mean_std([r['train_seconds'] for r in done if r['train_seconds']])}"
+                f" | {len(done)}/{len(cell)} |"
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"baselines": baselines, "runs": runs}, indent=2))

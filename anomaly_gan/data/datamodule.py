@@ -147,6 +147,8 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         seed: int = 0,
         pin_memory: bool = False,
         test_limit: int | None = None,
+        selection_fraction: float = 0.0,
+        test_part: str = "report",
         cache: bool = True,
         cache_dir: str | Path | None = None,
         skip_corrupt: bool = False,
@@ -182,6 +184,24 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
                 f"data.test_limit must be null (all images) or an integer >= 2, got "
                 f"{test_limit!r}. Example: data.test_limit=100 (50 normal + 50 anomalous)."
             )
+        if (
+            isinstance(selection_fraction, bool)
+            or not isinstance(selection_fraction, int | float)
+            or not 0 <= selection_fraction < 1
+        ):
+            raise ValueError(
+                f"data.selection_fraction must be a number in [0, 1), got "
+                f"{selection_fraction!r}. Use e.g. data.selection_fraction=0.3 (0 disables)."
+            )
+        if test_part not in ("report", "selection"):
+            raise ValueError(
+                f"data.test_part must be 'report' or 'selection', got {test_part!r}."
+            )
+        if test_part == "selection" and selection_fraction == 0:
+            raise ValueError(
+                "data.test_part=selection needs data.selection_fraction > 0: there is no "
+                "selection subset to test on."
+            )
         for key, flag in (
             ("data.cache", cache),
             ("data.skip_corrupt", skip_corrupt),
@@ -208,6 +228,8 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         self.seed = int(seed)
         self.pin_memory = bool(pin_memory)
         self.test_limit = None if test_limit is None else int(test_limit)
+        self.selection_fraction = float(selection_fraction)
+        self.test_part = test_part
         self.skip_corrupt = skip_corrupt
         self.download = download
         self.download_url = download_url
@@ -277,6 +299,10 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             test_samples = {
                 name: self._balanced_subset(name, samples) for name, samples in test_samples.items()
             }
+        if self.selection_fraction > 0:
+            test_samples = {
+                name: self._test_part(name, samples) for name, samples in test_samples.items()
+            }
         self._scan_result = (train_normals, test_samples)
         self._train_samples, self._val_samples = self._split(train_normals)
 
@@ -322,6 +348,23 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             log.warning(message)
         keep = [s for s in train if s not in bad]
         return keep, {name: [s for s in samples if s not in bad] for name, samples in tests.items()}
+
+    def _test_part(self, name: str, samples: list[Sample]) -> list[Sample]:
+        """The ``selection`` or ``report`` part of a test set (``data.selection_fraction``).
+
+        Settings that need anomalies to be chosen (score function, training length) are
+        compared on the selection part; reported figures come from the report part, which
+        such choices never saw. Stratified by defect type, and seeded by the category name
+        only, so every training seed reports on the same images.
+        """
+        rng = np.random.default_rng(zlib.crc32(f"selection/{name}".encode()))
+        selected: set[int] = set()
+        for defect_type in sorted({s.defect_type for s in samples}):
+            indices = [i for i, s in enumerate(samples) if s.defect_type == defect_type]
+            count = round(self.selection_fraction * len(indices))
+            selected.update(rng.choice(indices, size=count, replace=False).tolist())
+        want_selected = self.test_part == "selection"
+        return [s for i, s in enumerate(samples) if (i in selected) == want_selected]
 
     def _balanced_subset(self, name: str, samples: list[Sample]) -> list[Sample]:
         """Seeded ``test_limit``-image subset: half normal, half anomalous, original order.

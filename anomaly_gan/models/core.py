@@ -26,6 +26,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from anomaly_gan.corruption import SyntheticDefects
 from anomaly_gan.evaluation.metrics import threshold_from_normals
 from anomaly_gan.evaluation.test_set import TestSetOutputs
 from anomaly_gan.losses import GeneratorLoss, discriminator_loss, distance
@@ -66,6 +67,9 @@ class GanAnomalyModule(L.LightningModule):
         threshold_quantile: decision threshold = this quantile of validation-normal scores.
         gradient_clip_val: clip both networks' gradient norm (manual optimisation cannot use
             ``Trainer(gradient_clip_val=...)``); ``None`` disables.
+        corruption: synthetic defects pasted into the generator's *training* input while
+            the loss compares with the clean image (``anomaly_gan.corruption``); ``None``
+            trains a plain autoencoder, as the papers do.
     """
 
     default_loss = GeneratorLoss()
@@ -82,6 +86,7 @@ class GanAnomalyModule(L.LightningModule):
         d_reinit_floor: float = 1e-5,
         threshold_quantile: float = 0.95,
         gradient_clip_val: float | None = None,
+        corruption: SyntheticDefects | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
@@ -93,19 +98,32 @@ class GanAnomalyModule(L.LightningModule):
         self.automatic_optimization = False
         self.loss_fn = GeneratorLoss.from_config(loss) if loss else self.default_loss
         self.scorer = AnomalyScore.from_config(scorer) if scorer else self.default_scorer
-        self.save_hyperparameters(ignore=["loss", "scorer"])
+        self.corruption = SyntheticDefects.from_config(corruption) if corruption else None
+        self.save_hyperparameters(ignore=["loss", "scorer", "corruption"])
         # Plain dicts, so checkpoints reload without unpickling our classes.
         self.hparams["loss"] = self.loss_fn.to_config()
         self.hparams["scorer"] = self.scorer.to_config()
-        # Travels inside the checkpoint with the weights it was computed for.
+        self.hparams["corruption"] = self.corruption.to_config() if self.corruption else None
+        # Travel inside the checkpoint with the weights they were computed for: the decision
+        # threshold and the per-pixel error statistics of validation normals
+        # (``model.scorer.normalize_map``; identity until the first validation).
         self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.register_buffer("map_mean", torch.zeros(1, 1, image_size, image_size))
+        self.register_buffer("map_std", torch.ones(1, 1, image_size, image_size))
         self.generator: nn.Module
         self.discriminator: nn.Module
         self.d_reinit_count = 0
         self.test_results: dict[str, dict[str, Any]] = {}
         self.test_outputs: dict[str, TestSetOutputs] = {}
-        self._val_scores: list[Tensor] = []
+        self._val_maps: list[Tensor] = []
+        self._val_latent: list[Tensor] = []
         self._test_sets: dict[int, TestSetOutputs] = defaultdict(TestSetOutputs)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints from before map standardisation lack its buffers: use the identity."""
+        state = checkpoint.get("state_dict", {})
+        for name, value in (("map_mean", self.map_mean), ("map_std", self.map_std)):
+            state.setdefault(name, value.detach().clone())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Name the architecture class, so inference rebuilds the model from the file alone."""
@@ -147,7 +165,14 @@ class GanAnomalyModule(L.LightningModule):
         """Per-image anomaly scores (B,) and the generator output they came from."""
         output = self.generate(image)
         latent_in, latent_out = self.latent_pair(image, output)
-        return self.scorer(image, output.reconstruction, latent_in, latent_out), output
+        scores = self.scorer(
+            image, output.reconstruction, latent_in, latent_out, self.map_mean, self.map_std
+        )
+        return scores, output
+
+    def anomaly_map(self, image: Tensor, reconstruction: Tensor) -> Tensor:
+        """The per-pixel map of the score (standardised when the scorer says so)."""
+        return self.scorer.anomaly_map(image, reconstruction, self.map_mean, self.map_std)
 
     def forward(self, image: Tensor) -> Tensor:
         """Anomaly score per image; call in eval mode (as Lightning's loops do)."""
@@ -163,7 +188,9 @@ class GanAnomalyModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         d_opt, g_opt = self.optimizers()
         image = batch["image"]
-        output = self.generate(image)
+        # The generator may see a corrupted input; D and every loss term see the clean one.
+        source = self.corruption(image) if self.corruption is not None else image
+        output = self.generate(source)
         fake = output.reconstruction
 
         # Discriminator step: real vs (detached) reconstruction.
@@ -249,14 +276,14 @@ class GanAnomalyModule(L.LightningModule):
 
     # ----------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
-        self._val_scores = []
+        self._val_maps, self._val_latent = [], []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image = batch["image"]
         output = self.generate(image)
         latent_in, latent_out = self.latent_pair(image, output)
-        scores = self.scorer(image, output.reconstruction, latent_in, latent_out)
-        self._val_scores.append(scores.detach())
+        self._val_maps.append(self.scorer.error_map(image, output.reconstruction).detach())
+        self._val_latent.append(self.scorer.latent_distance(latent_in, latent_out).detach())
         batch_size = image.shape[0]
         self.log(
             "val/con",
@@ -267,15 +294,35 @@ class GanAnomalyModule(L.LightningModule):
         self.log(
             "val/enc", distance(latent_out, latent_in, self.loss_fn.encoder), batch_size=batch_size
         )
-        self.log("val/score", scores.mean(), batch_size=batch_size)
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_scores:
+        """Map statistics and threshold from the validation normals, in that order.
+
+        With ``normalize_map`` the statistics come from the even-numbered validation images
+        and the threshold from the odd-numbered ones, so the threshold is not set on
+        images that standardised themselves (their scores would be optimistically low).
+        Runs before ModelCheckpoint saves, so each checkpoint carries its own values.
+        """
+        if not self._val_maps:
             return
-        scores = self.all_gather(torch.cat(self._val_scores)).flatten()
-        # Runs before ModelCheckpoint saves, so each checkpoint carries its own threshold.
+        maps = self.all_gather(torch.cat(self._val_maps))
+        latent = self.all_gather(torch.cat(self._val_latent))
+        maps = maps.reshape(-1, *maps.shape[-3:])
+        latent = latent.flatten()
+        if self.scorer.normalize_map and maps.shape[0] >= 4:
+            reference, held_out = maps[0::2], slice(1, None, 2)
+            self.map_mean.copy_(reference.mean(dim=0, keepdim=True))
+            # A floor keeps pixels that never vary (padding, saturation) from exploding.
+            floor = reference.std(dim=0).mean().clamp_min(1e-8) * 0.1
+            self.map_std.copy_(reference.std(dim=0, keepdim=True).clamp_min(floor))
+            maps, latent = maps[held_out], latent[held_out]
+        scores = self.scorer.combine(
+            latent, self.scorer.standardize(maps, self.map_mean, self.map_std)
+        )
         self.threshold.fill_(threshold_from_normals(scores, self.hparams.threshold_quantile))
+        self.log("val/score", scores.mean())
         self.log("val/threshold", self.threshold.float())
+        self._val_maps, self._val_latent = [], []
 
     # ----------------------------------------------------------------------------- test
     def on_test_epoch_start(self) -> None:
@@ -285,7 +332,7 @@ class GanAnomalyModule(L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         image = batch["image"]
         scores, output = self.score(image)
-        maps = self.scorer.anomaly_map(image, output.reconstruction)
+        maps = self.anomaly_map(image, output.reconstruction)
         self._test_sets[dataloader_idx].add(scores, batch, maps)
 
     def on_test_epoch_end(self) -> None:
