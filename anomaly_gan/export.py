@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from anomaly_gan.data.transforms import NORMALIZE_MEAN, NORMALIZE_STD
+from anomaly_gan.data.transforms import NORMALIZE_MEAN, NORMALIZE_STD, PER_IMAGE_SPREAD
 from anomaly_gan.inference import LoadedModel, load_model, map_scale
 from anomaly_gan.models.core import GanAnomalyModule
 
@@ -83,7 +83,16 @@ def metadata(loaded: LoadedModel) -> dict[str, str]:
         "anomaly_gan.image_size": str(loaded.preprocessing.image_size),
         "anomaly_gan.channels": str(loaded.preprocessing.channels),
         "anomaly_gan.normalization": json.dumps(
-            {"scale": "pixel / 255", "mean": NORMALIZE_MEAN, "std": NORMALIZE_STD}
+            {
+                "scale": "pixel / 255",
+                "mean": NORMALIZE_MEAN,
+                "std": NORMALIZE_STD,
+                "then": (
+                    f"per image: (x - mean(x)) / ({PER_IMAGE_SPREAD} * std(x)), clip to [-1, 1]"
+                    if loaded.preprocessing.normalization == "per_image"
+                    else "nothing"
+                ),
+            }
         ),
         "anomaly_gan.channel_order": "RGB" if loaded.preprocessing.channels == 3 else "gray",
         "anomaly_gan.resize": "square, OpenCV INTER_AREA",

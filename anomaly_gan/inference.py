@@ -62,6 +62,7 @@ class Preprocessing:
 
     image_size: int
     channels: int
+    normalization: str = "fixed"
 
 
 @dataclass
@@ -189,7 +190,7 @@ def _preprocessing(
             raise InferenceError(
                 f"Checkpoint {path}: datamodule {key}={data[key]} but model {key}={hparams[key]}."
             )
-    return Preprocessing(int(image_size), int(channels))
+    return Preprocessing(int(image_size), int(channels), str(data.get("normalization", "fixed")))
 
 
 def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -372,7 +373,9 @@ def score_images(
     predictions = [Prediction(path=Path(p)) for p in paths]
     samples = [Sample(Path(p), NORMAL, "unknown") for p in paths]
     # No cache: a file is scored once, and a disk cache would keep copies of user images.
-    dataset = AnomalyImageDataset(samples, prep.image_size, prep.channels, cache=None)
+    dataset = AnomalyImageDataset(
+        samples, prep.image_size, prep.channels, cache=None, normalization=prep.normalization
+    )
     threshold = loaded.threshold
     scale = map_scale(model)
     used_names: set[str] = set()

@@ -40,6 +40,8 @@ VARIANTS: dict[str, AnomalyScore] = {
     "diff s2 top1%": AnomalyScore(0.0, 1.0, "l1", 2, True, False, "top_k"),
     "diff s2 top1% z": AnomalyScore(0.0, 1.0, "l1", 2, True, True, "top_k"),
     "diff s4 top1% z": AnomalyScore(0.0, 1.0, "l1", 4, True, True, "top_k"),
+    "diff s4 top5% z": AnomalyScore(0.0, 1.0, "l1", 4, True, True, "top_k", 0.05),
+    "diff s8 top1% z": AnomalyScore(0.0, 1.0, "l1", 8, True, True, "top_k"),
     "diff s2 max z": AnomalyScore(0.0, 1.0, "l1", 2, True, True, "max"),
     "diff s2 mean z": AnomalyScore(0.0, 1.0, "l1", 2, True, True, "mean"),
 }

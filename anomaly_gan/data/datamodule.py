@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from anomaly_gan.data.cache import ImageCache
 from anomaly_gan.data.dataset import ANOMALOUS, NORMAL, AnomalyImageDataset, DatasetError, Sample
 from anomaly_gan.data.download import ARCHIVES, check_sha256, download_dataset, is_empty_root
+from anomaly_gan.data.transforms import check_normalization
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         self,
         image_size: int = 64,
         channels: int = 3,
+        normalization: str = "fixed",
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -163,6 +165,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
                 f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels!r}. "
                 "Set data.channels=1 or data.channels=3."
             )
+        check_normalization(normalization)
         _check_positive_int("data.batch_size", batch_size)
         if eval_batch_size is not None:
             _check_positive_int("data.eval_batch_size", eval_batch_size)
@@ -221,6 +224,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         self.save_hyperparameters(logger=False)
         self.image_size = int(image_size)
         self.channels = int(channels)
+        self.normalization = normalization
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
@@ -419,7 +423,12 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         # One ImageCache for all splits: in this process a file decoded for validation is
         # not decoded again for testing; each worker gets a copy that it fills itself.
         return AnomalyImageDataset(
-            samples, self.image_size, self.channels, cache=self.image_cache, seed=self.seed
+            samples,
+            self.image_size,
+            self.channels,
+            cache=self.image_cache,
+            seed=self.seed,
+            normalization=self.normalization,
         )
 
     def _loader(

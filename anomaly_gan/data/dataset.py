@@ -157,7 +157,7 @@ class AnomalyImageDataset(Dataset):
     ``cache`` (optional, may be shared by several datasets) keeps the decoded, resized
     arrays; without it every access decodes the file again. ``augmentations`` run on the
     resized array; ``seed`` seeds them in this process, and ``seed_worker`` reseeds them
-    in each DataLoader worker.
+    in each DataLoader worker. ``normalization``: ``fixed`` or ``per_image`` (transforms).
     """
 
     def __init__(
@@ -168,6 +168,7 @@ class AnomalyImageDataset(Dataset):
         cache: ImageCache | None = None,
         augmentations: Sequence[A.BasicTransform] | None = None,
         seed: int | None = 0,
+        normalization: str = "fixed",
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
@@ -175,7 +176,10 @@ class AnomalyImageDataset(Dataset):
         self.image_size = image_size
         self.channels = channels
         self.cache = cache
-        self.transform = build_normalize_transform(channels, augmentations, seed=seed)
+        self.normalization = normalization
+        self.transform = build_normalize_transform(
+            channels, augmentations, seed=seed, normalization=normalization
+        )
         interpolation = INTERPOLATION_NAMES[IMAGE_INTERPOLATION]
         self._image_settings = (image_size, channels, interpolation)
         self._mask_settings = (image_size, INTERPOLATION_NAMES[MASK_INTERPOLATION])

@@ -52,6 +52,7 @@ def sample_rows(
         [samples[outputs.image_paths[i]] for _, i in picked],
         datamodule.image_size,
         datamodule.channels,
+        normalization=getattr(datamodule, "normalization", "fixed"),
     )
     rows: list[SampleRow] = []
     was_training = model.training

@@ -1,0 +1,126 @@
+"""The settings that make real defects detectable (docs/what-works.md): per-image
+normalisation, the selection/report split of test sets, signed smoothing and per-pixel
+standardisation of anomaly maps against validation normals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from anomaly_gan.data import MVTecDataModule
+from anomaly_gan.data.dataset import AnomalyImageDataset, Sample
+from anomaly_gan.inference import load_model
+from anomaly_gan.models import Ganomaly
+from anomaly_gan.scoring import AnomalyScore
+from tests.test_core import RandomImages, _trainer
+from tests.test_data import _write_image, make_tiny_mvtec
+
+
+# ------------------------------------------------------------------ per-image normalisation
+def test_per_image_normalisation_removes_brightness_and_contrast(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    texture = rng.uniform(0.3, 0.7, (16, 16))
+    dark, bright = tmp_path / "dark.png", tmp_path / "bright.png"
+    _write_image(dark, (texture * 120).astype(np.uint8))
+    _write_image(bright, (60 + texture * 240).clip(0, 255).astype(np.uint8))
+    samples = [Sample(dark, 0, "good"), Sample(bright, 0, "good")]
+    fixed = AnomalyImageDataset(samples, 16, 1, normalization="fixed")
+    per_image = AnomalyImageDataset(samples, 16, 1, normalization="per_image")
+    # Fixed normalisation keeps the lighting difference; per-image removes it.
+    assert (fixed[1]["image"] - fixed[0]["image"]).mean() > 0.3
+    a, b = per_image[0]["image"], per_image[1]["image"]
+    assert (a - b).abs().max() < 0.03  # the same texture up to 8-bit rounding
+    assert abs(float(a.mean())) < 0.05 and a.min() >= -1 and a.max() <= 1
+    assert 0.25 < float(a.std()) < 0.4  # mean ± 3 std spans [-1, 1]
+
+
+def test_unknown_normalisation_names_the_key(tmp_path: Path) -> None:
+    make_tiny_mvtec(tmp_path)
+    with pytest.raises(ValueError, match=r"data\.normalization='zscore'"):
+        MVTecDataModule(root=str(tmp_path), category="widget", normalization="zscore")
+
+
+# ------------------------------------------------------------------ selection / report split
+def _test_paths(root: Path, part: str, seed: int = 0) -> list[str]:
+    dm = MVTecDataModule(
+        root=str(root),
+        category="widget",
+        image_size=8,
+        cache=False,
+        selection_fraction=0.5,
+        test_part=part,
+        seed=seed,
+    )
+    dm.setup()
+    return [str(s.image_path) for s in dm.test_samples["widget"]]
+
+
+def test_selection_and_report_parts_split_each_defect_type(tmp_path: Path) -> None:
+    make_tiny_mvtec(tmp_path)
+    full = MVTecDataModule(root=str(tmp_path), category="widget", image_size=8, cache=False)
+    full.setup()
+    everything = {str(s.image_path) for s in full.test_samples["widget"]}
+    selection, report = _test_paths(tmp_path, "selection"), _test_paths(tmp_path, "report")
+    assert not set(selection) & set(report)
+    assert set(selection) | set(report) == everything
+    # 2 good + 2 crack: one of each in each part (stratified by defect type)
+    for defect in ("/good/", "/crack/"):
+        assert sum(defect in p for p in selection) == 1
+        assert sum(defect in p for p in report) == 1
+    # Every training seed reports on the same images.
+    assert _test_paths(tmp_path, "report", seed=5) == report
+
+
+def test_selection_part_needs_a_fraction(tmp_path: Path) -> None:
+    make_tiny_mvtec(tmp_path)
+    with pytest.raises(ValueError, match=r"data\.test_part=selection needs"):
+        MVTecDataModule(root=str(tmp_path), category="widget", test_part="selection")
+    with pytest.raises(ValueError, match=r"data\.selection_fraction"):
+        MVTecDataModule(root=str(tmp_path), category="widget", selection_fraction=1.0)
+
+
+# ------------------------------------------------------------------ anomaly maps
+def test_signed_smoothing_cancels_texture_noise_but_keeps_a_dark_spot() -> None:
+    reconstruction = torch.zeros(1, 1, 32, 32)
+    checkerboard = (torch.arange(32).view(-1, 1) + torch.arange(32).view(1, -1)) % 2 * 2 - 1
+    image = reconstruction + 0.3 * checkerboard.float()  # zero-mean texture error
+    image[..., 14:18, 14:18] -= 0.6  # a dark defect
+    error = AnomalyScore(0, 1, "l1", map_sigma=2).anomaly_map(image, reconstruction)
+    signed = AnomalyScore(0, 1, "l1", map_sigma=2, smooth_difference=True).anomaly_map(
+        image, reconstruction
+    )
+    background = (slice(None), slice(None), slice(0, 6), slice(0, 6))
+    assert error[background].mean() > 0.25  # smoothing |error| keeps the texture
+    assert signed[background].max() < 0.05  # smoothing the difference cancels it
+    assert signed[..., 16, 16] > 0.2
+
+
+def test_standardised_map_uses_the_given_statistics() -> None:
+    scorer = AnomalyScore(0, 1, "l1", normalize_map=True, pooling="max")
+    image, reconstruction = torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
+    mean, std = torch.full((1, 1, 4, 4), 0.5), torch.full((1, 1, 4, 4), 0.25)
+    assert torch.allclose(scorer.anomaly_map(image, reconstruction, mean, std), torch.tensor(2.0))
+    assert torch.allclose(scorer(image, reconstruction, image, image, mean, std), torch.tensor(2.0))
+    with pytest.raises(ValueError, match="smooth_difference=true needs"):
+        AnomalyScore(0, 1, smooth_difference=True)
+
+
+def test_validation_sets_map_statistics_that_travel_in_the_checkpoint(tmp_path: Path) -> None:
+    scorer = AnomalyScore(0, 1, "l1", map_sigma=1, smooth_difference=True, normalize_map=True)
+    model = Ganomaly(image_size=32, channels=3, scorer=scorer)
+    loader = DataLoader(RandomImages(n=16), batch_size=8)
+    trainer = _trainer(tmp_path, max_steps=4, limit_val_batches=2)
+    trainer.fit(model, loader, loader)
+    assert not torch.equal(model.map_mean, torch.zeros_like(model.map_mean))
+    assert bool((model.map_std > 0).all()) and torch.isfinite(model.threshold)
+    checkpoint = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    loaded = load_model(checkpoint).model
+    assert torch.equal(loaded.map_mean, model.map_mean)
+    images = next(iter(loader))["image"]
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), model.eval()(images))
