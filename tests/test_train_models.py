@@ -30,14 +30,23 @@ EXPECTED_CLASS = {
     "mife": "Mife",
     "baseline": "MifeBaseline",
 }
-# (w_adv, w_con, w_enc, reconstruction, adversarial, encoder) per paper setting.
+# (w_adv, w_con, w_enc, reconstruction, adversarial, encoder) per loss config. Every
+# default is its paper's setting except skip_sa (Skip-GANomaly weights; docs/what-works.md).
 PAPER_LOSSES = {
     "ganomaly": (1.0, 50.0, 1.0, "l1", "feature_matching", "l2"),
     "skip_ganomaly": (1.0, 50.0, 1.0, "l1", "bce", "l2"),
-    "skip_sa": (0.5, 0.3, 0.2, "l1", "bce", "l2"),
+    "skip_sa": (1.0, 50.0, 1.0, "l1", "bce", "l2"),
     "skip_sa_paper": (0.5, 0.3, 0.2, "l1", "bce", "l2"),
     "mife": (1.0, 50.0, 1.0, "l2", "bce", "l2"),
     "baseline": (1.0, 50.0, 1.0, "l2", "bce", "l2"),
+}
+# model=<name>_paper: the published width, score (and Skip-SA's attention and loss).
+PAPER_MODELS = {
+    "ganomaly": ("latent", {"latent_weight": 1.0, "reconstruction_weight": 0.0}),
+    "skip_ganomaly": ("mix", {"latent_weight": 0.1, "reconstruction_weight": 0.9}),
+    "skip_sa": ("mix", {"latent_weight": 0.1, "reconstruction_weight": 0.9}),
+    "mife": ("reconstruction_l1", {"latent_weight": 0.0, "reconstruction_norm": "l1"}),
+    "baseline": ("reconstruction_l1", {"latent_weight": 0.0, "reconstruction_norm": "l1"}),
 }
 
 
@@ -84,6 +93,25 @@ def test_each_model_composes_with_its_own_loss(name: str) -> None:
     assert type(model).__name__ == EXPECTED_CLASS[name]
     assert model.hparams.image_size == cfg.data.image_size
     assert model.loss_fn == GeneratorLoss.from_config(OmegaConf.to_container(loss))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_paper_configs_keep_the_published_setting(name: str) -> None:
+    paper = _compose([f"model={name}_paper"])
+    default = _compose([f"model={name}"])
+    assert paper.model.base_width == 64 and default.model.base_width == 32
+    _, scorer_keys = PAPER_MODELS[name]
+    for key, value in scorer_keys.items():
+        assert paper.model.scorer[key] == value
+    assert not paper.model.scorer.normalize_map and default.model.scorer.normalize_map
+    expected_loss = PAPER_LOSSES["skip_sa_paper" if name == "skip_sa" else name]
+    loss = GeneratorLoss.from_config(OmegaConf.to_container(paper.loss))
+    assert (loss.w_adv, loss.w_con, loss.w_enc) == expected_loss[:3]
+    if name == "skip_sa":
+        assert paper.model.attention_levels is None
+        assert list(default.model.attention_levels) == [3, 4, 5]
+    model = hydra.utils.instantiate(paper.model, _convert_="all")
+    assert type(model).__name__ == EXPECTED_CLASS[name]
 
 
 @pytest.mark.parametrize("name", ["skip_ganomaly", "skip_sa", "mife", "baseline"])
