@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import lightning as L  # noqa: E402
+import torch  # noqa: E402
 
 from anomaly_gan.data import MVTecDataModule  # noqa: E402
 from anomaly_gan.inference import load_model  # noqa: E402
@@ -49,18 +50,24 @@ VARIANTS: dict[str, AnomalyScore] = {
 
 def evaluate(checkpoint: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     model = load_model(checkpoint).model
-    size = int(model.hparams.image_size)
-    datamodule = MVTecDataModule(
-        root=str(args.root),
-        category=args.category,
-        image_size=size,
-        channels=int(model.hparams.channels),
-        batch_size=64,
-        val_fraction=args.val_fraction,
-        selection_fraction=args.selection_fraction,
-        test_part=args.test_part,
-        seed=args.seed,
+    # The data exactly as the run saw it (normalisation, split seeds), only the test part
+    # is chosen here.
+    data = torch.load(checkpoint, map_location="cpu", weights_only=True).get(
+        "datamodule_hyper_parameters", {}
     )
+    data.update(
+        root=str(args.root) if args.root else data.get("root"),
+        category=args.category or data.get("category"),
+        selection_fraction=data.get("selection_fraction") or args.selection_fraction,
+        test_part=args.test_part,
+        batch_size=64,
+        num_workers=0,
+        cache=False,
+        cache_dir=None,
+        download=False,
+    )
+    data.pop("_target_", None)
+    datamodule = MVTecDataModule(**data)
     trainer = L.Trainer(
         accelerator="cpu",
         logger=False,
@@ -73,7 +80,7 @@ def evaluate(checkpoint: Path, args: argparse.Namespace) -> dict[str, dict[str, 
         model.scorer = scorer
         trainer.validate(model, datamodule=datamodule, verbose=False)
         trainer.test(model, datamodule=datamodule, verbose=False)
-        metrics = model.test_results[args.category]
+        metrics = model.test_results[datamodule.hparams.category]
         results[name] = {"auroc": metrics["auroc"], "pixel_auroc": metrics.get("pixel_auroc")}
     return results
 
@@ -83,12 +90,15 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("checkpoints", nargs="+", type=Path)
-    parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--category", default="magnetic_tile")
-    parser.add_argument("--val-fraction", type=float, default=0.15)
-    parser.add_argument("--selection-fraction", type=float, default=0.3)
+    parser.add_argument("--root", type=Path, default=None, help="default: the run's data.root")
+    parser.add_argument("--category", default=None, help="default: the run's data.category")
+    parser.add_argument(
+        "--selection-fraction",
+        type=float,
+        default=0.3,
+        help="used when the run itself had no selection part",
+    )
     parser.add_argument("--test-part", choices=["selection", "report"], default="selection")
-    parser.add_argument("--seed", type=int, default=0, help="data.seed of the runs")
     parser.add_argument("--out", type=Path, default=None, help="also write JSON here")
     args = parser.parse_args()
 

@@ -43,7 +43,8 @@ GROUPS = [
 @pytest.mark.parametrize(
     ("group", "option"),
     [(g, o) for g in GROUPS for o in _options(g)]
-    + [("model/scorer", o) for o in _options("model/scorer")],
+    + [("model/scorer", o) for o in _options("model/scorer")]
+    + [("model/corruption", o) for o in _options("model/corruption")],
 )
 def test_every_option_composes_and_resolves(tmp_path: Path, group: str, option: str) -> None:
     cfg = _compose(tmp_path, [f"{group}={option}"])

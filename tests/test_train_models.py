@@ -31,14 +31,16 @@ EXPECTED_CLASS = {
     "baseline": "MifeBaseline",
 }
 # (w_adv, w_con, w_enc, reconstruction, adversarial, encoder) per loss config. Every
-# default is its paper's setting except skip_sa (Skip-GANomaly weights; docs/what-works.md).
+# default is its paper's setting except skip_sa (Skip-GANomaly weights) and baseline
+# (GANomaly's feature matching + L1); docs/what-works.md.
 PAPER_LOSSES = {
     "ganomaly": (1.0, 50.0, 1.0, "l1", "feature_matching", "l2"),
     "skip_ganomaly": (1.0, 50.0, 1.0, "l1", "bce", "l2"),
     "skip_sa": (1.0, 50.0, 1.0, "l1", "bce", "l2"),
     "skip_sa_paper": (0.5, 0.3, 0.2, "l1", "bce", "l2"),
     "mife": (1.0, 50.0, 1.0, "l2", "bce", "l2"),
-    "baseline": (1.0, 50.0, 1.0, "l2", "bce", "l2"),
+    "baseline": (1.0, 50.0, 1.0, "l1", "feature_matching", "l2"),
+    "baseline_paper": (1.0, 50.0, 1.0, "l2", "bce", "l2"),
 }
 # model=<name>_paper: the published width, score (and Skip-SA's attention and loss).
 PAPER_MODELS = {
@@ -97,14 +99,16 @@ def test_each_model_composes_with_its_own_loss(name: str) -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_paper_configs_keep_the_published_setting(name: str) -> None:
-    paper = _compose([f"model={name}_paper"])
-    default = _compose([f"model={name}"])
-    assert paper.model.base_width == 64 and default.model.base_width == 32
+    paper = _compose([f"model={name}_paper", "data.image_size=128"])
+    default = _compose([f"model={name}", "data.image_size=128"])
+    # The default width follows the image size (32 at 64 px, 16 at 128 px); the paper's is 64.
+    assert paper.model.base_width == 64 and default.model.base_width == 16
+    assert _compose([f"model={name}", "data.image_size=64"]).model.base_width == 32
     _, scorer_keys = PAPER_MODELS[name]
     for key, value in scorer_keys.items():
         assert paper.model.scorer[key] == value
     assert not paper.model.scorer.normalize_map and default.model.scorer.normalize_map
-    expected_loss = PAPER_LOSSES["skip_sa_paper" if name == "skip_sa" else name]
+    expected_loss = PAPER_LOSSES.get(f"{name}_paper", PAPER_LOSSES[name])
     loss = GeneratorLoss.from_config(OmegaConf.to_container(paper.loss))
     assert (loss.w_adv, loss.w_con, loss.w_enc) == expected_loss[:3]
     if name == "skip_sa":
