@@ -197,9 +197,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
                 f"{selection_fraction!r}. Use e.g. data.selection_fraction=0.3 (0 disables)."
             )
         if test_part not in ("report", "selection"):
-            raise ValueError(
-                f"data.test_part must be 'report' or 'selection', got {test_part!r}."
-            )
+            raise ValueError(f"data.test_part must be 'report' or 'selection', got {test_part!r}.")
         if test_part == "selection" and selection_fraction == 0:
             raise ValueError(
                 "data.test_part=selection needs data.selection_fraction > 0: there is no "
