@@ -36,7 +36,9 @@ def test_short_ganomaly_run_on_magnetic_tiles(tmp_path: Path, magnetic_tile_root
 
     # Finite metrics for every defect type of the real data.
     metrics = results["categories"]["magnetic_tile"]
-    assert metrics["n_normal"] == 285 and metrics["n_anomalous"] == 392
+    # experiment=magnetic_tile reports on the 70 % "report" part of the 285 + 392 test images
+    # (30 %, stratified by defect type, is kept for choosing settings).
+    assert metrics["n_normal"] == 199 and metrics["n_anomalous"] == 274
     by_type = metrics["by_defect_type"]
     assert set(by_type) == {"blowhole", "break", "crack", "fray", "uneven"}
     for kind, values in by_type.items():
