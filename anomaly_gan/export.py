@@ -60,8 +60,7 @@ class ScoringModule(nn.Module):
         self.model = model.eval()
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        scores, output = self.model.score(image)
-        anomaly_map = self.model.anomaly_map(image, output.reconstruction)
+        scores, _, anomaly_map = self.model.score_with_map(image)
         return scores, anomaly_map
 
 

@@ -381,15 +381,14 @@ def score_images(
     used_names: set[str] = set()
     for indices, images in _batches(_read_items(dataset, predictions), batch_size):
         images = images.to(device)
-        scores, output = model.score(images)
-        maps = model.anomaly_map(images, output.reconstruction) if overlay_dir else None
+        scores, _, maps = model.score_with_map(images)
         for row, index in enumerate(indices):
             prediction = predictions[index]
             prediction.score = float(scores[row])
             if math.isfinite(threshold):
                 # The test metrics' rule (evaluation.metrics.image_metrics): score >= threshold.
                 prediction.anomalous = prediction.score >= threshold
-            if maps is None:
+            if overlay_dir is None:
                 continue
             anomaly_map = maps[row, 0].float().cpu().numpy()
             image_scale = scale if scale is not None else float(anomaly_map.max())

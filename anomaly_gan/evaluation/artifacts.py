@@ -59,8 +59,7 @@ def sample_rows(
     model.eval()
     for (title, index), item in zip(picked, dataset, strict=True):
         image = item["image"].unsqueeze(0).to(model.device)
-        score, output = model.score(image)
-        anomaly_map = model.anomaly_map(image, output.reconstruction)
+        score, output, anomaly_map = model.score_with_map(image)
         as_numpy = lambda t: denormalize(t[0]).permute(1, 2, 0).clamp(0, 1).cpu().numpy()  # noqa: E731
         rows.append(
             SampleRow(

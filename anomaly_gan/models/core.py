@@ -163,12 +163,17 @@ class GanAnomalyModule(L.LightningModule):
 
     def score(self, image: Tensor) -> tuple[Tensor, GeneratorOutput]:
         """Per-image anomaly scores (B,) and the generator output they came from."""
+        scores, output, _ = self.score_with_map(image)
+        return scores, output
+
+    def score_with_map(self, image: Tensor) -> tuple[Tensor, GeneratorOutput, Tensor]:
+        """Scores (B,), generator output and the anomaly map (B, 1, H, W), map computed once."""
         output = self.generate(image)
         latent_in, latent_out = self.latent_pair(image, output)
-        scores = self.scorer(
-            image, output.reconstruction, latent_in, latent_out, self.map_mean, self.map_std
-        )
-        return scores, output
+        anomaly_map = self.anomaly_map(image, output.reconstruction)
+        latent_distance = self.scorer.latent_distance(latent_in, latent_out)
+        scores = self.scorer.combine(latent_distance, anomaly_map)
+        return scores, output, anomaly_map
 
     def anomaly_map(self, image: Tensor, reconstruction: Tensor) -> Tensor:
         """The per-pixel map of the score (standardised when the scorer says so)."""
@@ -312,9 +317,9 @@ class GanAnomalyModule(L.LightningModule):
         if self.scorer.normalize_map and maps.shape[0] >= 4:
             reference, held_out = maps[0::2], slice(1, None, 2)
             self.map_mean.copy_(reference.mean(dim=0, keepdim=True))
+            spread = reference.std(dim=0, keepdim=True)
             # A floor keeps pixels that never vary (padding, saturation) from exploding.
-            floor = reference.std(dim=0).mean().clamp_min(1e-8) * 0.1
-            self.map_std.copy_(reference.std(dim=0, keepdim=True).clamp_min(floor))
+            self.map_std.copy_(spread.clamp_min(spread.mean().clamp_min(1e-8) * 0.1))
             maps, latent = maps[held_out], latent[held_out]
         scores = self.scorer.combine(
             latent, self.scorer.standardize(maps, self.map_mean, self.map_std)
@@ -331,8 +336,7 @@ class GanAnomalyModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         image = batch["image"]
-        scores, output = self.score(image)
-        maps = self.anomaly_map(image, output.reconstruction)
+        scores, _, maps = self.score_with_map(image)
         self._test_sets[dataloader_idx].add(scores, batch, maps)
 
     def on_test_epoch_end(self) -> None:
