@@ -253,6 +253,69 @@ def test_mife_adds_exactly_attention_and_skip_widths() -> None:
     ]
 
 
+def _decoder_input_widths(model: GanAnomalyModule) -> list[int]:
+    """Input channels of each decoder level's first layer, deepest level first."""
+    net = model.generator
+    if isinstance(net, Pix2PixUnet):
+        return [level[1].in_channels for level in reversed(net.up)]
+    if isinstance(net, SelfAttentionUnet):
+        return [level[0][0].depthwise.in_channels for level in net.decoder]
+    return [step[0].in_channels for step in net.decoder.steps]
+
+
+@pytest.mark.parametrize("name", ["skip_ganomaly", "skip_sa", "mife"])
+def test_every_skip_by_default_as_in_the_papers(name: str) -> None:
+    full, none = build(name), build(name, skip_levels=[])
+    narrower = [
+        a > b for a, b in zip(_decoder_input_widths(full), _decoder_input_widths(none), strict=True)
+    ]
+    depth = len(narrower)
+    # every decoder level takes a skip, except pix2pix's innermost one (it has none)
+    assert sum(narrower) == (depth - 1 if name == "skip_ganomaly" else depth)
+
+
+@pytest.mark.parametrize("name", ["skip_ganomaly", "skip_sa", "mife"])
+def test_skip_levels_keep_only_the_chosen_skips(name: str) -> None:
+    """Dropping a level's skip removes exactly that level's encoder width from its decoder
+    input, leaves the other levels alone, and the network still maps image -> image."""
+    full = build(name)
+    deep_only = build(name, skip_levels=[4])
+    none = build(name, skip_levels=[])
+    widths_full = _decoder_input_widths(full)
+    widths_deep = _decoder_input_widths(deep_only)
+    widths_none = _decoder_input_widths(none)
+    changed = [i for i, (a, b) in enumerate(zip(widths_full, widths_deep, strict=True)) if a != b]
+    kept = [i for i, (a, b) in enumerate(zip(widths_deep, widths_none, strict=True)) if a != b]
+    assert len(kept) == 1 and kept[0] not in changed  # level 4 alone still concatenates
+    assert all(widths_none[i] < widths_full[i] for i in changed)
+    image = torch.rand(2, 3, 32, 32) * 2 - 1
+    for model in (deep_only, none):
+        with torch.no_grad():
+            assert model.eval().generate(image).reconstruction.shape == image.shape
+
+
+def test_without_skips_a_local_change_spreads_through_the_bottleneck_only() -> None:
+    """With every skip the U-Net's output near a changed pixel tracks the change (the copy
+    path that hides defects); with none the change must pass the 1×1 bottleneck."""
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 32, 32) * 2 - 1
+    patched = image.clone()
+    patched[..., 12:16, 12:16] = 1.0
+    for skip_levels, copies in ((None, True), ([], False)):
+        net = Pix2PixUnet(32, 3, 16, skip_levels=skip_levels).eval()
+        with torch.no_grad():
+            change = (net(patched) - net(image)).abs()[..., 12:16, 12:16].mean()
+            elsewhere = (net(patched) - net(image)).abs()[..., 24:, 24:].mean()
+        assert (change > 10 * elsewhere) == copies  # measured: ~1400x with skips, ~3x without
+
+
+def test_skip_levels_out_of_range_name_the_key() -> None:
+    with pytest.raises(ValueError, match=r"model.skip_levels=\[6\].*1 .*to 5"):
+        Pix2PixUnet(64, 3, skip_levels=[6])  # depth 6: the innermost level has no skip
+    with pytest.raises(ValueError, match=r"model\.skip_levels"):
+        build("mife", skip_levels=[0])
+
+
 @pytest.mark.parametrize("image_size", [32, 64])
 def test_mife_encoder_matches_the_paper_layers(image_size: int) -> None:
     encoder = build("baseline", image_size).generator.encoder

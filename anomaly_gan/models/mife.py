@@ -60,13 +60,13 @@ class _AutoencoderGan(GanAnomalyModule):
         name: str,
         latent_dim: int,
         base_width: int,
-        skip_connections: bool,
+        skip_levels: Sequence[int],
         attention_levels: Sequence[int],
     ) -> None:
         image_size, channels = self.hparams.image_size, self.hparams.channels
         check_image_size(image_size, supported_sizes(), name)
         self.generator = ConvAutoencoder(
-            image_size, channels, latent_dim, base_width, skip_connections, attention_levels
+            image_size, channels, latent_dim, base_width, skip_levels, attention_levels
         )
         self.discriminator = DcganDiscriminator(image_size, channels, base_width)
         self.init_weights()
@@ -78,7 +78,11 @@ class _AutoencoderGan(GanAnomalyModule):
 
 
 class Mife(_AutoencoderGan):
-    """U-Net autoencoder with self-attention after encoder blocks 4 and 5 (II.C)."""
+    """U-Net autoencoder with self-attention after encoder blocks 4 and 5 (II.C).
+
+    ``skip_levels``: encoder blocks (1–5) concatenated into the decoder; ``None`` = all five
+    (the paper).
+    """
 
     def __init__(
         self,
@@ -87,10 +91,12 @@ class Mife(_AutoencoderGan):
         latent_dim: int = 100,
         base_width: int = 64,
         attention_levels: Sequence[int] = (4, 5),
+        skip_levels: Sequence[int] | None = None,
         **core: Any,
     ) -> None:
         super().__init__(image_size=image_size, channels=channels, **core)
-        self._build("MIFE", latent_dim, base_width, True, attention_levels)
+        skips = range(1, 6) if skip_levels is None else skip_levels  # None: all (paper)
+        self._build("MIFE", latent_dim, base_width, skips, attention_levels)
 
 
 class MifeBaseline(_AutoencoderGan):
@@ -105,4 +111,4 @@ class MifeBaseline(_AutoencoderGan):
         **core: Any,
     ) -> None:
         super().__init__(image_size=image_size, channels=channels, **core)
-        self._build("the MIFE Baseline", latent_dim, base_width, False, ())
+        self._build("the MIFE Baseline", latent_dim, base_width, (), ())

@@ -21,6 +21,7 @@ Choices and fixes:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
@@ -54,11 +55,12 @@ class SkipGanomaly(GanAnomalyModule):
         channels: int = 3,
         base_width: int = 64,
         max_width: int = 512,
+        skip_levels: Sequence[int] | None = None,
         **core: Any,
     ) -> None:
         super().__init__(image_size=image_size, channels=channels, **core)
         check_image_size(image_size, supported_sizes(), "Skip-GANomaly")
-        self.generator = Pix2PixUnet(image_size, channels, base_width, max_width)
+        self.generator = Pix2PixUnet(image_size, channels, base_width, max_width, skip_levels)
         self.discriminator = DcganDiscriminator(image_size, channels, base_width)
         self.init_weights()
 

@@ -61,6 +61,7 @@ class SkipSelfAttentionGan(GanAnomalyModule):
         max_width: int = 512,
         attention_levels: Sequence[int] | None = None,
         attention_reduction: int = 8,
+        skip_levels: Sequence[int] | None = None,
         **core: Any,
     ) -> None:
         super().__init__(image_size=image_size, channels=channels, **core)
@@ -73,6 +74,7 @@ class SkipSelfAttentionGan(GanAnomalyModule):
             max_width,
             attention_levels,
             attention_reduction,
+            skip_levels,
         )
         self.discriminator = DcganDiscriminator(image_size, channels, base_width)
         self.init_weights()

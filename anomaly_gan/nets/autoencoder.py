@@ -14,7 +14,8 @@ mife-visa-generalization.md, Sections II.B–C, layer for layer:
 Choices where the paper is silent: LeakyReLU slope 0.2; the decoder's Linear is followed by
 BatchNorm + ReLU (mirroring an encoder block); the decoder uses ReLU (DCGAN); with
 skips, all five decoder steps take a skip, the first one block 5's (attended) map next to
-the Linear's output.
+the Linear's output. ``skip_levels`` keeps only some of them (block numbers 1–5): the
+full-resolution skips let the decoder copy defects (docs/what-works.md).
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """Linear back to (1024, s, s), then five ConvTranspose2d(4, 2, 1) up to the image.
 
-    With ``skip_connections`` step k's input is ``cat([d_prev, skip], 1)``: twice the
-    width of the no-skip (Baseline) decoder.
+    Step k (0..4) works at encoder block 5 − k's resolution; when that block is in
+    ``skip_levels`` its input is ``cat([d_prev, skip], 1)``, twice the width of the no-skip
+    (Baseline, ``skip_levels=()``) step.
     """
 
     def __init__(
@@ -97,22 +99,22 @@ class ConvDecoder(nn.Module):
         channels: int,
         latent_dim: int = 100,
         base_width: int = 64,
-        skip_connections: bool = False,
+        skip_levels: Sequence[int] = (),
     ) -> None:
         super().__init__()
         check_image_size(image_size, supported_autoencoder_sizes(), "the MIFE/Baseline decoder")
         widths = [base_width * 2**k for k in range(N_BLOCKS)][::-1]  # 1024 ... 64
-        self.skip_connections = skip_connections
+        self.skip_levels = check_levels(skip_levels, N_BLOCKS, "model.skip_levels")
         self.bottleneck_size = image_size // DOWNSAMPLING
         self.widths = widths
         size = self.bottleneck_size
         self.from_latent = nn.Linear(latent_dim, widths[0] * size**2)
         self.from_latent_act = nn.Sequential(nn.BatchNorm2d(widths[0]), nn.ReLU())
-        factor = 2 if skip_connections else 1
         outs = [*widths[1:], channels]  # 512, 256, 128, 64, channels
         self.steps = nn.ModuleList()
         for step, (in_width, out_width) in enumerate(zip(widths, outs, strict=True)):
             last = step == N_BLOCKS - 1
+            factor = 2 if N_BLOCKS - step in self.skip_levels else 1
             layers: list[nn.Module] = [
                 nn.ConvTranspose2d(factor * in_width, out_width, 4, 2, 1, bias=last)
             ]
@@ -120,13 +122,13 @@ class ConvDecoder(nn.Module):
             self.steps.append(nn.Sequential(*layers))
 
     def forward(self, latent: Tensor, skips: Sequence[Tensor] | None = None) -> Tensor:
-        if self.skip_connections and (skips is None or len(skips) != N_BLOCKS):
+        if self.skip_levels and (skips is None or len(skips) != N_BLOCKS):
             raise ValueError(f"this decoder needs the {N_BLOCKS} encoder maps as skips")
         size = self.bottleneck_size
         # (B, latent_dim) -> (B, 1024, s, s)
         x = self.from_latent_act(self.from_latent(latent).view(-1, self.widths[0], size, size))
         for step, layer in enumerate(self.steps):
-            if self.skip_connections:
+            if N_BLOCKS - step in self.skip_levels:
                 # (B, C, s, s) + skip (B, C, s, s) -> (B, 2C, s, s)
                 x = torch.cat([x, skips[N_BLOCKS - 1 - step]], 1)
             x = layer(x)  # (B, ·, s, s) -> (B, C/2, 2s, 2s)
@@ -135,6 +137,8 @@ class ConvDecoder(nn.Module):
 
 class ConvAutoencoder(nn.Module):
     """Generator G = decoder(encoder(x)); MIFE with skips + attention, Baseline without.
+
+    ``skip_levels``: encoder blocks (1–5) whose maps reach the decoder; ``()`` for none.
 
     ``forward`` returns ``(reconstruction, latent (B, latent_dim))``; :meth:`encode` gives
     E(·) alone, used on the reconstruction for the encoder loss ||E(x) − E(G(x))||₂ (II.D).
@@ -146,19 +150,19 @@ class ConvAutoencoder(nn.Module):
         channels: int,
         latent_dim: int = 100,
         base_width: int = 64,
-        skip_connections: bool = False,
+        skip_levels: Sequence[int] = (),
         attention_levels: Sequence[int] = (),
     ) -> None:
         super().__init__()
         self.encoder = ConvEncoder(image_size, channels, latent_dim, base_width, attention_levels)
-        self.decoder = ConvDecoder(image_size, channels, latent_dim, base_width, skip_connections)
+        self.decoder = ConvDecoder(image_size, channels, latent_dim, base_width, skip_levels)
 
     def encode(self, image: Tensor) -> Tensor:
         return self.encoder(image)[0]
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         latent, maps = self.encoder(image)
-        skips = maps if self.decoder.skip_connections else None
+        skips = maps if self.decoder.skip_levels else None
         return self.decoder(latent, skips), latent
 
 

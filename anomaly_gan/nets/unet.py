@@ -1,7 +1,10 @@
 """U-Net generators: pix2pix U-Net (Skip-GANomaly) and the self-attention U-Net (Skip-SA).
 
-Both map an image in [-1, 1] to a reconstruction in [-1, 1] (Tanh), with every encoder
-level's map concatenated into the decoder level of the same resolution.
+Both map an image in [-1, 1] to a reconstruction in [-1, 1] (Tanh), with an encoder
+level's map concatenated into the decoder level of the same resolution. ``skip_levels``
+chooses which levels keep that skip (``None``: all of them, as in the papers): a
+full-resolution skip lets the decoder copy a defect straight from the input, so the
+reconstruction error no longer shows it (docs/what-works.md).
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ def _widths(depth: int, base_width: int, max_width: int) -> list[int]:
     return [min(base_width * 2**level, max_width) for level in range(depth)]
 
 
+def _skip_levels(levels: Sequence[int] | None, deepest: int) -> tuple[int, ...]:
+    """1-based levels that keep their skip connection; ``None`` means every level."""
+    if levels is None:
+        return tuple(range(1, deepest + 1))
+    return check_levels(levels, deepest, "model.skip_levels")
+
+
 # ------------------------------------------------------------------------ pix2pix U-Net
 def supported_pix2pix_sizes() -> list[int]:
     """Powers of two: the U-Net halves the map log2(size) times down to 1×1."""
@@ -48,7 +58,9 @@ class Pix2PixUnet(nn.Module):
     LeakyReLU(0.2) -> Conv(4, 2, 1) -> BN (no activation/BN on the first level, no BN on the
     innermost one, which reaches 1×1); up level = ReLU -> ConvTranspose(4, 2, 1) -> BN, Tanh
     on the last. Widths 64, 128, 256, 512, 512, ... (``base_width`` doubling, capped at
-    ``max_width``). Every up level except the innermost receives ``cat([skip, up], 1)``.
+    ``max_width``). Every up level except the innermost receives ``cat([skip, up], 1)``
+    when its level is in ``skip_levels`` (1 = the first down level, at half resolution, to
+    depth − 1; ``None`` = all, as in pix2pix), the up path alone otherwise.
 
     Unlike the pix2pix code, activations are not in-place, so the skip carries the
     down level's output before the next level's LeakyReLU (pix2pix's in-place LeakyReLU
@@ -56,13 +68,19 @@ class Pix2PixUnet(nn.Module):
     """
 
     def __init__(
-        self, image_size: int, channels: int, base_width: int = 64, max_width: int = 512
+        self,
+        image_size: int,
+        channels: int,
+        base_width: int = 64,
+        max_width: int = 512,
+        skip_levels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         check_image_size(image_size, supported_pix2pix_sizes(), "the Skip-GANomaly U-Net")
         depth = int(math.log2(image_size))
         widths = _widths(depth, base_width, max_width)
         self.depth = depth
+        self.skip_levels = _skip_levels(skip_levels, depth - 1)
         self.down = nn.ModuleList()
         self.up = nn.ModuleList()
         for level in range(depth):
@@ -73,8 +91,8 @@ class Pix2PixUnet(nn.Module):
                 down.append(nn.BatchNorm2d(widths[level]))
             self.down.append(nn.Sequential(*down))
 
-            innermost = level == depth - 1
-            up_in = widths[level] if innermost else 2 * widths[level]
+            has_skip = level + 1 in self.skip_levels  # the innermost level never has one
+            up_in = 2 * widths[level] if has_skip else widths[level]
             up_out = channels if level == 0 else widths[level - 1]
             up: list[nn.Module] = [
                 nn.ReLU(),
@@ -91,8 +109,10 @@ class Pix2PixUnet(nn.Module):
             skips.append(x)
         x = self.up[-1](skips[-1])  # innermost: 1×1 -> 2×2
         for level in range(self.depth - 2, -1, -1):
-            # (B, 2·C_l, s, s) -> (B, C_(l-1), 2s, 2s); level 0 -> (B, channels, S, S)
-            x = self.up[level](torch.cat([skips[level], x], 1))
+            if level + 1 in self.skip_levels:
+                x = torch.cat([skips[level], x], 1)  # (B, C_l, s, s) -> (B, 2·C_l, s, s)
+            # -> (B, C_(l-1), 2s, 2s); level 0 -> (B, channels, S, S)
+            x = self.up[level](x)
         return x
 
 
@@ -108,7 +128,8 @@ class SelfAttentionUnet(nn.Module):
 
     Encoder level l (1..depth): two DSC blocks (DSC -> BN -> LeakyReLU(0.2)) that raise the
     width to ``w_l``, self-attention (on the levels in ``attention_levels``; paper: all),
-    then 2×2 max-pool. The attended map, before pooling, is the level's skip.
+    then 2×2 max-pool. The attended map, before pooling, is the level's skip (levels in
+    ``skip_levels``; ``None`` = all, as in the paper).
     Bottleneck: two DSC blocks at ``min(2 w_depth, max_width)``.
     Decoder level l (depth..1): bilinear ×2 upsampling, ``cat([up, skip_l], 1)``, two DSC
     blocks (DSC -> BN -> ReLU) that reduce the width to ``w_l``. Last: 1×1 conv -> Tanh.
@@ -128,6 +149,7 @@ class SelfAttentionUnet(nn.Module):
         max_width: int = 512,
         attention_levels: Sequence[int] | None = None,
         attention_reduction: int = 8,
+        skip_levels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -140,6 +162,7 @@ class SelfAttentionUnet(nn.Module):
         widths = _widths(depth, base_width, max_width)
         levels = range(1, depth + 1) if attention_levels is None else attention_levels
         self.attention_levels = check_levels(levels, depth, "model.attention_levels")
+        self.skip_levels = _skip_levels(skip_levels, depth)
 
         self.encoder = nn.ModuleList()
         self.attention = nn.ModuleList()
@@ -164,10 +187,12 @@ class SelfAttentionUnet(nn.Module):
         )
         self.decoder = nn.ModuleList()
         below = bottleneck_width
-        for width in reversed(widths):
+        for level in range(depth, 0, -1):
+            width = widths[level - 1]
+            skip_width = width if level in self.skip_levels else 0
             self.decoder.append(
                 nn.Sequential(
-                    dsc_block(below + width, width, nn.ReLU()),
+                    dsc_block(below + skip_width, width, nn.ReLU()),
                     dsc_block(width, width, nn.ReLU()),
                 )
             )
@@ -182,9 +207,12 @@ class SelfAttentionUnet(nn.Module):
             skips.append(x)
             x = F.max_pool2d(x, 2)  # (B, w_l, s, s) -> (B, w_l, s/2, s/2)
         x = self.bottleneck(x)
-        for convs, skip in zip(self.decoder, reversed(skips), strict=True):
+        levels = range(len(skips), 0, -1)
+        for convs, skip, level in zip(self.decoder, reversed(skips), levels, strict=True):
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-            x = convs(torch.cat([x, skip], 1))  # (B, w_below + w_l, s, s) -> (B, w_l, s, s)
+            if level in self.skip_levels:
+                x = torch.cat([x, skip], 1)  # (B, w_below + w_l, s, s)
+            x = convs(x)  # -> (B, w_l, s, s)
         return self.to_image(x)  # (B, w_1, S, S) -> (B, channels, S, S)
 
 
