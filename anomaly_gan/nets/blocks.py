@@ -36,14 +36,18 @@ def powers_of_two(low: int, high: int) -> list[int]:
 
 
 def check_levels(levels: Iterable[int], depth: int, key: str) -> tuple[int, ...]:
-    """Validate 1-based encoder level numbers (e.g. ``model.attention_levels``)."""
-    chosen = tuple(sorted({int(level) for level in levels}))
-    if any(level < 1 or level > depth for level in chosen):
+    """Validate 1-based encoder level numbers (e.g. ``model.attention_levels``).
+
+    Negative numbers count from the deepest level, as Python indexes (-1 = ``depth``), so
+    one config value means "the deepest level" at every image size.
+    """
+    given = [int(level) for level in levels]
+    if any(level == 0 or abs(level) > depth for level in given):
         raise ValueError(
-            f"{key}={list(levels)}: levels are numbered 1 (full resolution) to {depth} "
-            f"(the deepest encoder level of this network)"
+            f"{key}={list(levels)}: levels are numbered 1 (the highest resolution) to "
+            f"{depth} (the deepest level of this network), or -1 (the deepest) to -{depth}"
         )
-    return chosen
+    return tuple(sorted({level if level > 0 else depth + 1 + level for level in given}))
 
 
 class DepthwiseSeparableConv2d(nn.Module):
