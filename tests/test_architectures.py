@@ -309,6 +309,18 @@ def test_without_skips_a_local_change_spreads_through_the_bottleneck_only() -> N
         assert (change > 10 * elsewhere) == copies  # measured: ~1400x with skips, ~3x without
 
 
+def test_negative_levels_count_from_the_deepest() -> None:
+    """-1 is the deepest level with a skip at every size: 2×2 for pix2pix (level 5 at 64 px,
+    6 at 128 px), level 5 for the fixed-depth nets."""
+    assert Pix2PixUnet(64, 3, 8, skip_levels=[-1]).skip_levels == (5,)
+    assert Pix2PixUnet(128, 3, 8, skip_levels=[-1]).skip_levels == (6,)
+    assert Pix2PixUnet(64, 3, 8, skip_levels=[-2, 1]).skip_levels == (1, 4)
+    assert SelfAttentionUnet(64, 3, 5, 8, skip_levels=[-1]).skip_levels == (5,)
+    assert SelfAttentionUnet(64, 3, 5, 8, attention_levels=[-2, -1]).attention_levels == (4, 5)
+    with pytest.raises(ValueError, match=r"-1 \(the deepest\) to -5"):
+        Pix2PixUnet(64, 3, 8, skip_levels=[-6])
+
+
 def test_skip_levels_out_of_range_name_the_key() -> None:
     with pytest.raises(ValueError, match=r"model.skip_levels=\[6\].*1 .*to 5"):
         Pix2PixUnet(64, 3, skip_levels=[6])  # depth 6: the innermost level has no skip
