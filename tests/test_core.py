@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
-from anomaly_gan.models import Ganomaly, NonFiniteLossError
-from anomaly_gan.nets import dcgan_init
+from anomaly_gan.models import Ganomaly, NonFiniteLossError, SkipSelfAttentionGan
+from anomaly_gan.nets import DepthwiseSeparableConv2d, dcgan_init
 from anomaly_gan.scoring import AnomalyScore
 
 
@@ -94,6 +94,25 @@ def test_dcgan_init_reaches_every_layer() -> None:
         assert conv.weight.mean().abs() < 0.01 and 0.015 < conv.weight.std() < 0.025
     for norm in norms:
         assert (norm.weight - 1).abs().max() < 0.15 and torch.all(norm.bias == 0)
+
+
+def test_depthwise_separable_convs_keep_a_spread_batchnorm_can_see() -> None:
+    """With DCGAN's N(0, 0.02) a depthwise-separable block shrank its input's variance
+    ~1e-4-fold, below BatchNorm's eps, and eval-mode reconstructions collapsed."""
+    torch.manual_seed(0)
+    model = SkipSelfAttentionGan(image_size=32, channels=3, base_width=16)
+    dscs = [m for m in model.modules() if isinstance(m, DepthwiseSeparableConv2d)]
+    assert dscs
+    for dsc in dscs:
+        assert float(dsc.depthwise.weight.std()) > 0.1  # PyTorch default, not 0.02
+    first_dsc = model.generator.encoder[0][0][0]
+    spread = float(first_dsc(torch.randn(8, 3, 32, 32)).var())
+    assert spread > 100 * 1e-5  # BatchNorm2d eps
+    # every other conv of both networks still gets the DCGAN init
+    dense = [
+        m for m in model.discriminator.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)
+    ]
+    assert all(0.015 < float(m.weight.std()) < 0.025 for m in dense if m.weight.numel() > 500)
 
 
 def test_discriminator_reinitialised_below_floor(tmp_path: Path) -> None:

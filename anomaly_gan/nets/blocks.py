@@ -55,8 +55,11 @@ class DepthwiseSeparableConv2d(nn.Module):
 
     Same receptive field as a 3x3 convolution with about ``1/out + 1/9`` of its weights
     (Skip-SA, Section 3.2: "to reduce the number of model parameters"). No bias: a
-    BatchNorm always follows it in our networks.
+    BatchNorm always follows it in our networks. ``keeps_default_init``: the DCGAN init
+    would shrink its output below BatchNorm's eps (:mod:`anomaly_gan.nets.init`).
     """
+
+    keeps_default_init = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
         super().__init__()
