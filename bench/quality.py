@@ -145,8 +145,8 @@ def main() -> int:
         parser.error("--budget takes one value, or one per --sizes entry")
     budgets = args.budget * len(args.sizes) if len(args.budget) == 1 else args.budget
     args.budget_of = dict(zip(args.sizes, budgets, strict=True))
-    args.model_budget = {}
-    for entry in args.model_budget or []:
+    entries, args.model_budget = args.model_budget or [], {}
+    for entry in entries:
         key, _, budget = entry.partition("=")
         model, _, size = key.partition("@")
         if not (budget and size.isdigit()):
