@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 import pytest
@@ -55,6 +56,12 @@ PAPER_MODELS = {
 }
 
 
+def _loss_setting(loss: Any) -> tuple:
+    """A loss config or GeneratorLoss as the PAPER_LOSSES tuple."""
+    keys = ("w_adv", "w_con", "w_enc", "reconstruction", "adversarial", "encoder")
+    return tuple(getattr(loss, key) for key in keys)
+
+
 def _compose(overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
@@ -85,14 +92,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_each_model_composes_with_its_own_loss(name: str) -> None:
     cfg = _compose([f"model={name}"])
     loss = cfg.loss
-    assert (
-        loss.w_adv,
-        loss.w_con,
-        loss.w_enc,
-        loss.reconstruction,
-        loss.adversarial,
-        loss.encoder,
-    ) == PAPER_LOSSES[name]
+    assert _loss_setting(loss) == PAPER_LOSSES[name]
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
     assert isinstance(model, GanAnomalyModule)
     assert type(model).__name__ == EXPECTED_CLASS[name]
@@ -113,14 +113,7 @@ def test_paper_configs_keep_the_published_setting(name: str) -> None:
     assert not paper.model.scorer.normalize_map and default.model.scorer.normalize_map
     expected_loss = PAPER_LOSSES.get(f"{name}_paper", PAPER_LOSSES[name])
     loss = GeneratorLoss.from_config(OmegaConf.to_container(paper.loss))
-    assert (
-        loss.w_adv,
-        loss.w_con,
-        loss.w_enc,
-        loss.reconstruction,
-        loss.adversarial,
-        loss.encoder,
-    ) == expected_loss
+    assert _loss_setting(loss) == expected_loss
     if name in ("skip_ganomaly", "skip_sa", "mife"):
         # paper: every skip; default: only the deepest (defects are not copied through)
         assert paper.model.skip_levels is None
