@@ -104,7 +104,7 @@ def test_depthwise_separable_convs_keep_a_spread_batchnorm_can_see() -> None:
     dscs = [m for m in model.modules() if isinstance(m, DepthwiseSeparableConv2d)]
     assert dscs
     for dsc in dscs:
-        assert float(dsc.depthwise.weight.std()) > 0.1  # PyTorch default, not 0.02
+        assert float(dsc.depthwise.weight.detach().std()) > 0.1  # PyTorch default, not 0.02
     first_dsc = model.generator.encoder[0][0][0]
     spread = float(first_dsc(torch.randn(8, 3, 32, 32)).var())
     assert spread > 100 * 1e-5  # BatchNorm2d eps
@@ -112,7 +112,9 @@ def test_depthwise_separable_convs_keep_a_spread_batchnorm_can_see() -> None:
     dense = [
         m for m in model.discriminator.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)
     ]
-    assert all(0.015 < float(m.weight.std()) < 0.025 for m in dense if m.weight.numel() > 500)
+    assert all(
+        0.015 < float(m.weight.detach().std()) < 0.025 for m in dense if m.weight.numel() > 500
+    )
 
 
 def test_discriminator_reinitialised_below_floor(tmp_path: Path) -> None:

@@ -332,7 +332,7 @@ def _make_attention_count(
 def test_attention_model_exports_with_fused_attention(
     checkpoints: dict[str, Path], image_folder: Path, tmp_path: Path
 ) -> None:
-    """Skip-SA's fused (SDPA) self-attention exports and matches PyTorch to 1e-4."""
+    """Skip-SA's fused (SDPA) self-attention exports; scores match PyTorch to 1e-4."""
     loaded = load_model(checkpoints["skip_sa"])
     attention = [m for m in loaded.model.modules() if isinstance(m, SelfAttention2d)]
     assert len(attention) == 3  # the default config attends on encoder levels 3, 4 and 5
@@ -358,6 +358,9 @@ def test_attention_model_exports_with_fused_attention(
         with torch.no_grad():
             expected_scores, expected_maps = module(images)
         # The ill-conditioned network above, and standardised maps divide its error by the
-        # small spread of a two-batch model: relative 5e-4 (measured ~1e-4).
+        # small spread of a two-batch model: relative 5e-4 (measured ~1e-4). The default
+        # difference map sums x - x̂ over a σ=4 Gaussian (25×25 taps) before standardising,
+        # so a few near-zero map values differ by up to 2e-4 (measured): atol 1e-3 on the
+        # maps, still 100× below the 0.1 that removing the attention changes them by.
         np.testing.assert_allclose(scores, expected_scores.numpy(), rtol=5e-4, atol=1e-4)
-        np.testing.assert_allclose(maps, expected_maps.numpy(), rtol=5e-4, atol=1e-4)
+        np.testing.assert_allclose(maps, expected_maps.numpy(), rtol=5e-4, atol=1e-3)
