@@ -106,7 +106,8 @@ def test_depthwise_separable_convs_keep_a_spread_batchnorm_can_see() -> None:
     for dsc in dscs:
         assert float(dsc.depthwise.weight.detach().std()) > 0.1  # PyTorch default, not 0.02
     first_dsc = model.generator.encoder[0][0][0]
-    spread = float(first_dsc(torch.randn(8, 3, 32, 32)).var())
+    with torch.no_grad():
+        spread = float(first_dsc(torch.randn(8, 3, 32, 32)).var())
     assert spread > 100 * 1e-5  # BatchNorm2d eps
     # every other conv of both networks still gets the DCGAN init
     dense = [
