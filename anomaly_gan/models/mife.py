@@ -60,7 +60,7 @@ class _AutoencoderGan(GanAnomalyModule):
         name: str,
         latent_dim: int,
         base_width: int,
-        skip_levels: Sequence[int],
+        skip_levels: Sequence[int] | None,
         attention_levels: Sequence[int],
     ) -> None:
         image_size, channels = self.hparams.image_size, self.hparams.channels
@@ -95,8 +95,7 @@ class Mife(_AutoencoderGan):
         **core: Any,
     ) -> None:
         super().__init__(image_size=image_size, channels=channels, **core)
-        skips = range(1, 6) if skip_levels is None else skip_levels  # None: all (paper)
-        self._build("MIFE", latent_dim, base_width, skips, attention_levels)
+        self._build("MIFE", latent_dim, base_width, skip_levels, attention_levels)
 
 
 class MifeBaseline(_AutoencoderGan):

@@ -99,7 +99,7 @@ class ConvDecoder(nn.Module):
         channels: int,
         latent_dim: int = 100,
         base_width: int = 64,
-        skip_levels: Sequence[int] = (),
+        skip_levels: Sequence[int] | None = (),
     ) -> None:
         super().__init__()
         check_image_size(image_size, supported_autoencoder_sizes(), "the MIFE/Baseline decoder")
@@ -138,7 +138,8 @@ class ConvDecoder(nn.Module):
 class ConvAutoencoder(nn.Module):
     """Generator G = decoder(encoder(x)); MIFE with skips + attention, Baseline without.
 
-    ``skip_levels``: encoder blocks (1–5) whose maps reach the decoder; ``()`` for none.
+    ``skip_levels``: encoder blocks (1–5) whose maps reach the decoder; ``()`` for none,
+    ``None`` for all five.
 
     ``forward`` returns ``(reconstruction, latent (B, latent_dim))``; :meth:`encode` gives
     E(·) alone, used on the reconstruction for the encoder loss ||E(x) − E(G(x))||₂ (II.D).
@@ -150,7 +151,7 @@ class ConvAutoencoder(nn.Module):
         channels: int,
         latent_dim: int = 100,
         base_width: int = 64,
-        skip_levels: Sequence[int] = (),
+        skip_levels: Sequence[int] | None = (),
         attention_levels: Sequence[int] = (),
     ) -> None:
         super().__init__()

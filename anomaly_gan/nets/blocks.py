@@ -35,12 +35,15 @@ def powers_of_two(low: int, high: int) -> list[int]:
     return sizes
 
 
-def check_levels(levels: Iterable[int], depth: int, key: str) -> tuple[int, ...]:
+def check_levels(levels: Iterable[int] | None, depth: int, key: str) -> tuple[int, ...]:
     """Validate 1-based encoder level numbers (e.g. ``model.attention_levels``).
 
-    Negative numbers count from the deepest level, as Python indexes (-1 = ``depth``), so
-    one config value means "the deepest level" at every image size.
+    ``None`` means every level (the papers' setting for attention and skips). Negative
+    numbers count from the deepest level, as Python indexes (-1 = ``depth``), so one config
+    value means "the deepest level" at every image size.
     """
+    if levels is None:
+        return tuple(range(1, depth + 1))
     given = [int(level) for level in levels]
     if any(level == 0 or abs(level) > depth for level in given):
         raise ValueError(

@@ -38,13 +38,6 @@ def _widths(depth: int, base_width: int, max_width: int) -> list[int]:
     return [min(base_width * 2**level, max_width) for level in range(depth)]
 
 
-def _skip_levels(levels: Sequence[int] | None, deepest: int) -> tuple[int, ...]:
-    """1-based levels that keep their skip connection; ``None`` means every level."""
-    if levels is None:
-        return tuple(range(1, deepest + 1))
-    return check_levels(levels, deepest, "model.skip_levels")
-
-
 # ------------------------------------------------------------------------ pix2pix U-Net
 def supported_pix2pix_sizes() -> list[int]:
     """Powers of two: the U-Net halves the map log2(size) times down to 1×1."""
@@ -80,7 +73,7 @@ class Pix2PixUnet(nn.Module):
         depth = int(math.log2(image_size))
         widths = _widths(depth, base_width, max_width)
         self.depth = depth
-        self.skip_levels = _skip_levels(skip_levels, depth - 1)
+        self.skip_levels = check_levels(skip_levels, depth - 1, "model.skip_levels")
         self.down = nn.ModuleList()
         self.up = nn.ModuleList()
         for level in range(depth):
@@ -160,9 +153,8 @@ class SelfAttentionUnet(nn.Module):
             f"the Skip-SA U-Net of depth {depth}",
         )
         widths = _widths(depth, base_width, max_width)
-        levels = range(1, depth + 1) if attention_levels is None else attention_levels
-        self.attention_levels = check_levels(levels, depth, "model.attention_levels")
-        self.skip_levels = _skip_levels(skip_levels, depth)
+        self.attention_levels = check_levels(attention_levels, depth, "model.attention_levels")
+        self.skip_levels = check_levels(skip_levels, depth, "model.skip_levels")
 
         self.encoder = nn.ModuleList()
         self.attention = nn.ModuleList()
