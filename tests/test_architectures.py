@@ -16,14 +16,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader
 
 from anomaly_gan.losses import GeneratorLoss
-from anomaly_gan.models import (
-    GanAnomalyModule,
-    Ganomaly,
-    Mife,
-    MifeBaseline,
-    SkipGanomaly,
-    SkipSelfAttentionGan,
-)
+from anomaly_gan.models import GanAnomalyModule
+from anomaly_gan.models.registry import ARCHITECTURES
 from anomaly_gan.nets import (
     ConvAutoencoder,
     DepthwiseSeparableConv2d,
@@ -34,13 +28,7 @@ from anomaly_gan.nets import (
 from anomaly_gan.nets.dcgan import count_parameters
 from anomaly_gan.scoring import AnomalyScore
 
-MODELS: dict[str, type[GanAnomalyModule]] = {
-    "ganomaly": Ganomaly,
-    "skip_ganomaly": SkipGanomaly,
-    "skip_sa": SkipSelfAttentionGan,
-    "mife": Mife,
-    "baseline": MifeBaseline,
-}
+MODELS: dict[str, type[GanAnomalyModule]] = ARCHITECTURES
 SIZES = (32, 64)
 # Behaviour tests (optimizer steps, eval scores) use narrow networks: same layers and code
 # paths as the defaults, a fraction of the CPU time.

@@ -20,17 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from anomaly_gan.losses import GeneratorLoss
 from anomaly_gan.models import GanAnomalyModule
+from anomaly_gan.models.registry import ARCHITECTURES
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-MODELS = ["ganomaly", "skip_ganomaly", "skip_sa", "mife", "baseline"]
-EXPECTED_CLASS = {
-    "ganomaly": "Ganomaly",
-    "skip_ganomaly": "SkipGanomaly",
-    "skip_sa": "SkipSelfAttentionGan",
-    "mife": "Mife",
-    "baseline": "MifeBaseline",
-}
+MODELS = list(ARCHITECTURES)
 # (w_adv, w_con, w_enc, reconstruction, adversarial, encoder) per loss config. Only
 # ganomaly's default is its paper's setting; the others use GANomaly's form (feature
 # matching + L1), Skip-SA also Skip-GANomaly's weights (docs/what-works.md). Every paper
@@ -95,7 +89,7 @@ def test_each_model_composes_with_its_own_loss(name: str) -> None:
     assert _loss_setting(loss) == PAPER_LOSSES[name]
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
     assert isinstance(model, GanAnomalyModule)
-    assert type(model).__name__ == EXPECTED_CLASS[name]
+    assert type(model) is ARCHITECTURES[name]
     assert model.hparams.image_size == cfg.data.image_size
     assert model.loss_fn == GeneratorLoss.from_config(OmegaConf.to_container(loss))
 
@@ -125,7 +119,7 @@ def test_paper_configs_keep_the_published_setting(name: str) -> None:
         assert paper.model.attention_levels is None
         assert list(default.model.attention_levels) == [3, 4, 5]
     model = hydra.utils.instantiate(paper.model, _convert_="all")
-    assert type(model).__name__ == EXPECTED_CLASS[name]
+    assert type(model) is ARCHITECTURES[name]
 
 
 @pytest.mark.parametrize("name", ["skip_ganomaly", "skip_sa", "mife", "baseline"])
@@ -204,7 +198,7 @@ def test_train_fast_dev_run(name: str, tmp_path: Path, cache_dir: Path) -> None:
     (results_file,) = tmp_path.glob("outputs/train/*/results.json")
     results = json.loads(results_file.read_text())
     assert results["status"] == "completed"
-    assert results["config"]["model"] == EXPECTED_CLASS[name]
+    assert results["config"]["model"] == ARCHITECTURES[name].__name__
     assert results["config"]["loss"]["w_adv"] == PAPER_LOSSES[name][0]
     assert "textile" in results["categories"]
 

@@ -3,10 +3,12 @@
 from anomaly_gan.models.core import GanAnomalyModule, GeneratorOutput, NonFiniteLossError
 from anomaly_gan.models.ganomaly import Ganomaly
 from anomaly_gan.models.mife import Mife, MifeBaseline
+from anomaly_gan.models.registry import ARCHITECTURES, architecture
 from anomaly_gan.models.skip_ganomaly import SkipGanomaly
 from anomaly_gan.models.skip_sa import SkipSelfAttentionGan
 
 __all__ = [
+    "ARCHITECTURES",
     "GanAnomalyModule",
     "Ganomaly",
     "GeneratorOutput",
@@ -15,4 +17,5 @@ __all__ = [
     "NonFiniteLossError",
     "SkipGanomaly",
     "SkipSelfAttentionGan",
+    "architecture",
 ]
