@@ -1,13 +1,17 @@
 """Adversarial autoencoder losses shared by every architecture.
 
 One generator objective, ``w_adv * adversarial + w_con * contextual + w_enc * encoder``,
-covers the papers' settings (REFERENCE.md):
+covers the papers' settings (full citations and the published code's defaults:
+docs/reference-code.md, sections 1–3):
 
-- GANomaly (Akcay 2018): feature-matching adversarial term, L1 context term, L2 encoder
-  term between the generator's two latent codes; weights 1 / 50 / 1.
-- Skip-GANomaly (Akcay 2019) and Skip-SA (Sun 2025): BCE adversarial term, L1 context term,
-  L2 "latent" term on the discriminator's last features (paper's w_lat is our w_enc).
-- MIFE / Baseline (Toker & Korkmaz): L2 reconstruction, BCE adversarial, L2 encoder term.
+- GANomaly (Akcay, Atapour-Abarghouei, Breckon, ACCV 2018, Sec. 3): feature-matching
+  adversarial term, L1 context term, L2 encoder term between the generator's two latent
+  codes; weights 1 / 50 / 1.
+- Skip-GANomaly (Akcay et al., IJCNN 2019) and Skip-SA (Sun et al. 2025, Sec. 3.3, 4.2): BCE
+  adversarial term, L1 context term, L2 "latent" term on the discriminator's last features
+  (paper's w_lat is our w_enc).
+- MIFE / Baseline (Toker, Korkmaz, Sec. II.D): L2 reconstruction, BCE adversarial, L2
+  encoder term.
 
 Which latent pair the encoder term compares is the architecture's business (see
 ``GanAnomalyModule.latent_pair``); the loss only measures it.

@@ -5,7 +5,7 @@ the other images in its batch (the GANomaly reference code scored in train mode,
 BatchNorm using test-batch statistics). Raw scores are kept: ranking metrics do not need
 normalisation, and the decision threshold is learnt on the same raw scale from
 validation normals. (anomalib min-max normalises batch by batch, which makes scores
-depend on batch order.)
+depend on batch order.) Both defects: docs/reference-code.md, section 5.
 
 Two options make the reconstruction term follow defects rather than texture noise:
 

@@ -14,6 +14,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "conf"
+# The real-data folder next to the repository (the dev and CI setup provide it; tests that
+# need it skip when it is absent).
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 MAGNETIC_TILE = SHARED_DATA / "magnetic_tile"
 
@@ -27,7 +29,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def magnetic_tile_root() -> Path:
     if not (MAGNETIC_TILE / "train" / "good").is_dir():
-        pytest.skip(f"real magnetic-tile images not found at {MAGNETIC_TILE} (shared/data absent)")
+        pytest.skip(f"real magnetic-tile images not found at {MAGNETIC_TILE} (no real-data folder)")
     return SHARED_DATA
 
 

@@ -77,7 +77,8 @@ def test_eval_score_does_not_depend_on_batch_mates(tmp_path: Path, scorer: Anoma
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(reordered, alone, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(with_others, alone, rtol=1e-5, atol=1e-6)
-    # The check has teeth: in train mode (the GANomaly reference code's test-time setting)
+    # The check has teeth: in train mode (the GANomaly reference code's test-time setting;
+    # docs/reference-code.md, section 5)
     # BatchNorm uses batch statistics and the same image scores differently.
     model.train()
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""GANomaly on real magnetic-tile defects (../shared/data/magnetic_tile, MVTec layout)."""
+"""GANomaly on real magnetic-tile defects (MVTec layout), read from the real-data folder next
+to the repository; the tests skip when it is absent."""
 
 from __future__ import annotations
 

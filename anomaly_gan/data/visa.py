@@ -223,7 +223,8 @@ def scan_visa(
 class VisADataModule(AnomalyDataModule):
     """VisA from its raw layout and ``split_csv/1cls.csv``; cross-class via test_categories.
 
-    Paper protocol (``mife-visa-generalization.md``): ``category=candle
+    Paper protocol (Toker, Korkmaz, "Combining Generative Models and Attention Networks for
+    Anomaly Detection in Industrial Settings", Sec. II.A): ``category=candle
     test_categories=[candle,cashew,fryum] test_limit=100``.
     """
 

@@ -1,8 +1,9 @@
 """Pixel-level metrics from anomaly maps: pixel AUROC and AUPRO.
 
-The published GANomaly code and anomalib's GANomaly stop at image level; every architecture
-here also yields a per-pixel anomaly map (the reconstruction error), so defects can be
-located and localisation measured against the ground-truth masks.
+The published GANomaly code and anomalib's GANomaly stop at image level
+(docs/reference-code.md, section 5); every architecture here also yields a per-pixel anomaly
+map (the reconstruction error), so defects can be located and localisation measured against
+the ground-truth masks.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ The manual step follows Lightning's GAN example and the GANomaly reference:
 2. discriminator step (inside ``toggle_optimizer``): BCE on real vs detached fake;
 3. generator step (inside ``toggle_optimizer``): a *fresh* discriminator pass on the
    fake, so the loss never reuses a graph that an optimizer step already modified (the
-   Skip-GANomaly reference code's in-place error);
+   Skip-GANomaly reference code's in-place error; docs/reference-code.md, section 5);
 4. the discriminator is re-initialised when its loss falls under ``d_reinit_floor``
    (GANomaly: a discriminator that wins outright gives the generator no signal).
 """

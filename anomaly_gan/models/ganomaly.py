@@ -1,9 +1,12 @@
-"""GANomaly (Akcay, Atapour-Abarghouei, Breckon 2018) on the shared core.
+"""GANomaly on the shared core.
+
+Akcay, Atapour-Abarghouei, Breckon, "GANomaly: Semi-Supervised Anomaly Detection via
+Adversarial Training", ACCV 2018, Sec. 3.
 
 Generator: DCGAN encoder -> decoder -> second encoder; discriminator: DCGAN encoder with
-one logit. Defaults are the reference ones (REFERENCE.md): latent 100, width 64, losses
-feature-matching adversarial / L1 context / L2 encoder with weights 1 / 50 / 1, and the
-latent-distance score.
+one logit. Defaults are the reference ones (docs/reference-code.md, section 2): latent 100,
+width 64, losses feature-matching adversarial / L1 context / L2 encoder with weights
+1 / 50 / 1, and the latent-distance score.
 """
 
 from __future__ import annotations

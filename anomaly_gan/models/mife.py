@@ -1,4 +1,7 @@
-"""MIFE and its Baseline (Toker & Korkmaz; mife-visa-generalization.md, Sections II.B–D).
+"""MIFE and its Baseline.
+
+Toker, Korkmaz, "Combining Generative Models and Attention Networks for Anomaly Detection in
+Industrial Settings", Sections II.B–D.
 
 Generators: :class:`ConvAutoencoder` exactly as stated — five Conv(4, 2, 1) + BN +
 LeakyReLU blocks 3 -> 64 -> ... -> 1024, Linear to a 100-d latent, Linear back and five

@@ -1,13 +1,16 @@
-"""Skip-GANomaly (Akcay, Atapour-Abarghouei, Breckon 2019) on the shared core.
+"""Skip-GANomaly on the shared core.
 
-Generator: pix2pix U-Net of depth log2(image size) (skip-self-attention-gan.md, Section 2;
-REFERENCE.md). Discriminator: the DCGAN/GANomaly discriminator; its last feature map (the
+Akcay, Atapour-Abarghouei, Breckon, "Skip-GANomaly: Skip Connected and Adversarially Trained
+Encoder-Decoder Anomaly Detection", IJCNN 2019, as its published code builds it
+(docs/reference-code.md, section 3). Generator: pix2pix U-Net of depth log2(image size)
+(recapped by Sun et al. 2025, "Skip.Self attention GAN for anomaly detection", Sec. 2).
+Discriminator: the DCGAN/GANomaly discriminator; its last feature map (the
 input of its 1-logit convolution) gives the latent loss and the latent part of the score,
 so :meth:`generate` returns no latent codes of its own and the core uses the
 discriminator's features.
 
-Defaults (REFERENCE.md): BCE adversarial / L1 context / L2 latent with weights 1 / 50 / 1;
-score 0.9 · mean squared reconstruction error + 0.1 · latent distance.
+Defaults (docs/reference-code.md, section 3): BCE adversarial / L1 context / L2 latent with
+weights 1 / 50 / 1; score 0.9 · mean squared reconstruction error + 0.1 · latent distance.
 
 Choices and fixes:
 - Discriminator: the reference's is "DCGAN encoder to nz features, then a 1-output

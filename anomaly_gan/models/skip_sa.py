@@ -1,7 +1,7 @@
 """Skip-SA: Skip-GANomaly with self-attention in the generator's encoder.
 
-Sun, Liu, Ma, Na, Zhang 2025, "Skip.Self attention GAN for anomaly detection"
-(skip-self-attention-gan.md, Section 3). Generator: :class:`SelfAttentionUnet` (two
+Sun, Liu, Ma, Na, Zhang, "Skip.Self attention GAN for anomaly detection", Int. J. Systems,
+Control and Communications 16(1), 2025, Section 3. Generator: :class:`SelfAttentionUnet` (two
 depthwise-separable convolutions, self-attention, max-pool per encoder level; the attended
 map is the skip; two DSC + bilinear upsampling per decoder level; 1×1 convolution to the
 image). Discriminator: as in GANomaly (Section 3.2); the latent loss compares its last

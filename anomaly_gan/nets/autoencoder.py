@@ -1,6 +1,7 @@
 """The MIFE paper's generators: the Baseline autoencoder and the MIFE U-Net autoencoder.
 
-mife-visa-generalization.md, Sections II.B–C, layer for layer:
+Toker, Korkmaz, "Combining Generative Models and Attention Networks for Anomaly Detection in
+Industrial Settings", Sections II.B–C, layer for layer:
 
 - Encoder E: five blocks Conv2d(4, stride 2, pad 1) -> BatchNorm2d -> LeakyReLU(0.2),
   widths channels -> 64 -> 128 -> 256 -> 512 -> 1024, so the last map is image/32;

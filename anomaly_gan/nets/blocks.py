@@ -1,11 +1,15 @@
 """Building blocks shared by the U-Nets and autoencoders: size checks, DSC, self-attention.
 
 - :func:`check_image_size` — every network refuses an unsupported ``data.image_size`` when it
-  is built, listing the sizes that work (STYLE.md: errors where the bad value enters).
-- :class:`DepthwiseSeparableConv2d` — the DSC of SAGAN (Liu et al. 2021) that Skip-SA uses
-  in every generator level (skip-self-attention-gan.md, Section 3.2).
-- :class:`SelfAttention2d` — Zhang et al. 2018 (SAGAN) self-attention, used by Skip-SA's
-  encoder (Section 3.1) and by MIFE after encoder blocks 4 and 5 (mife paper, II.C).
+  is built, listing the sizes that work (the error is raised where the bad value enters).
+- :class:`DepthwiseSeparableConv2d` — the DSC of Liu, Lan, Zhang et al., "SAGAN: Skip-Attention
+  GAN for Anomaly Detection" (ICIP 2021) that Skip-SA uses in every generator level (Sun, Liu,
+  Ma, Na, Zhang, "Skip.Self attention GAN for anomaly detection", IJSCC 2025, Sec. 3.2).
+- :class:`SelfAttention2d` — the self-attention of Zhang, Goodfellow, Metaxas, Odena,
+  "Self-Attention Generative Adversarial Networks" (ICML 2019), used by Skip-SA's encoder
+  (Sun et al. 2025, Sec. 3.1) and by MIFE after encoder blocks 4 and 5 (Toker, Korkmaz,
+  "Combining Generative Models and Attention Networks for Anomaly Detection in Industrial
+  Settings", Sec. II.C).
 """
 
 from __future__ import annotations

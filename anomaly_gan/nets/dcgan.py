@@ -1,9 +1,11 @@
 """DCGAN encoder, decoder and discriminator, and the GANomaly generator built from them.
 
-Akcay et al. 2018 (GANomaly), as summarised in REFERENCE.md: the encoder halves the map
-with Conv(4, 2, 1) until it is 4x4 (no BatchNorm on the first layer, no conv bias), and a
-final convolution maps it to the latent vector; the decoder mirrors it with transposed
-convolutions, BatchNorm and ReLU, ending in Tanh.
+Akcay, Atapour-Abarghouei, Breckon, "GANomaly: Semi-Supervised Anomaly Detection via
+Adversarial Training", ACCV 2018, Sec. 3, with the layer details of its published code
+(docs/reference-code.md, section 2): the encoder halves the map with Conv(4, 2, 1) until it
+is 4x4 (no BatchNorm on the first layer, no conv bias), and a final convolution maps it to
+the latent vector; the decoder mirrors it with transposed convolutions, BatchNorm and ReLU,
+ending in Tanh.
 
 For powers of two (32, 64, 128, 256, 512) the layers are exactly the reference ones. Other
 multiples of 16 (48, 80, ...) halve the map while it is even and larger than 4, and the

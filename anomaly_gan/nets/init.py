@@ -1,8 +1,9 @@
-"""DCGAN weight initialisation (Radford et al. 2015), as GANomaly uses it.
+"""DCGAN weight initialisation as GANomaly uses it (Radford, Metz, Chintala, "Unsupervised
+Representation Learning with Deep Convolutional Generative Adversarial Networks", ICLR 2016).
 
-anomalib's GANomaly calls its init on the module instead of through ``Module.apply``,
-so it never reaches the layers (REFERENCE.md). Ours is always applied with ``.apply``
-and a test checks the statistics of every layer.
+anomalib's GANomaly calls its init on the module instead of through ``Module.apply``, so it
+never reaches the layers (docs/reference-code.md, section 5). Ours is always applied with
+``.apply`` and a test checks the statistics of every layer.
 
 Grouped (depthwise) convolutions are the exception. N(0, 0.02) suits a dense convolution
 with a fan-in of hundreds; a 3×3 depthwise filter has a fan-in of 9, so a depthwise-separable

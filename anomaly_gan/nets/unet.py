@@ -47,7 +47,9 @@ def supported_pix2pix_sizes() -> list[int]:
 class Pix2PixUnet(nn.Module):
     """pix2pix U-Net of depth log2(image size), BatchNorm, no dropout (Skip-GANomaly G).
 
-    Akcay et al. 2019 (REFERENCE.md; skip-self-attention-gan.md Section 2): down level =
+    Akcay, Atapour-Abarghouei, Breckon, "Skip-GANomaly: Skip Connected and Adversarially
+    Trained Encoder-Decoder Anomaly Detection", IJCNN 2019, as its published code builds it
+    (docs/reference-code.md, section 3; recapped by Sun et al. 2025, Sec. 2): down level =
     LeakyReLU(0.2) -> Conv(4, 2, 1) -> BN (no activation/BN on the first level, no BN on the
     innermost one, which reaches 1×1); up level = ReLU -> ConvTranspose(4, 2, 1) -> BN, Tanh
     on the last. Widths 64, 128, 256, 512, 512, ... (``base_width`` doubling, capped at
@@ -117,7 +119,8 @@ def supported_attention_unet_sizes(depth: int) -> list[int]:
 
 
 class SelfAttentionUnet(nn.Module):
-    """Skip-SA generator (skip-self-attention-gan.md, Section 3.2, Figure 4).
+    """Skip-SA generator (Sun, Liu, Ma, Na, Zhang, "Skip.Self attention GAN for anomaly
+    detection", IJSCC 2025, Sec. 3.2, Fig. 4).
 
     Encoder level l (1..depth): two DSC blocks (DSC -> BN -> LeakyReLU(0.2)) that raise the
     width to ``w_l``, self-attention (on the levels in ``attention_levels``; paper: all),
