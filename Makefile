@@ -35,7 +35,7 @@ clean:
 
 ## Tables and figures across runs: make report SWEEP="multirun/<time> [more dirs]"
 report: install
-	$(PY) -m anomaly_gan.report $(SWEEP)
+	$(PY) report.py $(SWEEP)
 
 ## Real-defect quality: every model vs mean-image and PCA baselines on the magnetic tiles.
 quality: install

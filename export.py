@@ -20,8 +20,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from anomaly_gan.export import ExportError, export
 from anomaly_gan.inference import InferenceError
+from anomaly_gan.onnx_export import ExportError, export
 
 log = logging.getLogger("export")
 

@@ -2,4 +2,4 @@
 
 # Registers the ${ag.*} config resolvers, so composing conf/ works after any import of the
 # package (train.py, tests, notebooks), not only through anomaly_gan.training.
-from anomaly_gan import config as _config  # noqa: F401
+from anomaly_gan import resolvers as _resolvers  # noqa: F401

@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from anomaly_gan import config as _config  # noqa: F401  (registers the ${ag.*} resolvers)
+from anomaly_gan import resolvers as _resolvers  # noqa: F401  (registers the ${ag.*} resolvers)
 from anomaly_gan.evaluation.artifacts import write_test_artifacts
 from anomaly_gan.evaluation.results import (
     IMAGE_METRICS,

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-import anomaly_gan.config  # noqa: F401  (registers the ${ag.*} resolvers, as train.py does)
+import anomaly_gan.resolvers  # noqa: F401  (registers the ${ag.*} resolvers, as train.py does)
 from tests.conftest import CONFIG_DIR
 
 

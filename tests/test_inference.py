@@ -25,9 +25,15 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from anomaly_gan.export import ExportError, ScoringModule, default_output, export_onnx, verify_onnx
 from anomaly_gan.inference import CSV_COLUMNS, InferenceError, load_model, predict
 from anomaly_gan.nets.blocks import SelfAttention2d
+from anomaly_gan.onnx_export import (
+    ExportError,
+    ScoringModule,
+    default_output,
+    export_onnx,
+    verify_onnx,
+)
 
 from .conftest import CONFIG_DIR, REPO_ROOT
 

@@ -59,8 +59,7 @@ def test_report_builds_both_tables_with_right_cells(
     completed = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "anomaly_gan.report",
+            "report.py",
             str(grid),
             str(failed),
             "--out",
@@ -122,8 +121,8 @@ def test_failed_job_keeps_its_traceback(sweep_dirs: tuple[Path, Path]) -> None:
 
 
 def test_repeated_seeds_show_mean_and_std(tmp_path: Path) -> None:
-    from anomaly_gan.evaluation.report import build_report
     from anomaly_gan.evaluation.results import write_results
+    from anomaly_gan.evaluation.tables import build_report
 
     for seed, auroc in ((0, 0.6), (1, 0.8)):
         write_results(

@@ -170,7 +170,7 @@ def test_paper_grid_runs_as_smoke_and_rebuilds_its_table(tmp_path: Path, experim
         (m, c) for m in ("ganomaly", "skip_ganomaly", "skip_sa") for c in ("bottle", "cable")
     }
     report = subprocess.run(
-        [sys.executable, "-m", "anomaly_gan.report", str(sweep)],
+        [sys.executable, "report.py", str(sweep)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

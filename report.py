@@ -1,20 +1,24 @@
-"""``python -m anomaly_gan.report multirun/<sweep> [more dirs] [--out DIR]``.
+"""Tables and figures across runs: ``python report.py multirun/<sweep> [more dirs] [--out DIR]``.
 
 Collects every run's ``results.json`` and writes the papers' tables (Markdown + CSV) and
-figures (PNG); see :mod:`anomaly_gan.evaluation.report`.
+figures (PNG); see :mod:`anomaly_gan.evaluation.tables`.
 """
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import argparse
 import sys
 from pathlib import Path
 
-from anomaly_gan.evaluation.report import build_report
+from anomaly_gan.evaluation.tables import build_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m anomaly_gan.report", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python report.py", description=__doc__)
     parser.add_argument(
         "directories",
         nargs="+",
