@@ -1,18 +1,30 @@
-"""Shared by the benchmark scripts: the machine's name, result files, BENCHMARKS.md sections.
+"""Shared by the benchmark scripts: models, timing, memory, cells, result files, BENCHMARKS.md.
 
-Each script owns one section of ``BENCHMARKS.md`` between ``<!-- BEGIN name -->`` and
-``<!-- END name -->`` and rewrites only that, so the scripts can run in any order and a
-partial run never erases another script's table.
+- Models come from :mod:`anomaly_gan.models.registry` (the one list of architectures).
+- Training is timed through the real ``lightning.Trainer.fit``, so every figure measures the
+  core's own :meth:`GanAnomalyModule.training_step` (:func:`fit_timed`).
+- Each (model, size, ...) cell can run in a fresh subprocess (:func:`run_cell`), so one cell's
+  memory high-water mark never hides another's and a cell that runs out of memory or time is
+  recorded as skipped instead of stopping the run.
+- Each script owns one section of ``BENCHMARKS.md`` between ``<!-- BEGIN name -->`` and
+  ``<!-- END name -->`` and rewrites only that (:func:`publish`), so the scripts can run in
+  any order and a partial run never erases another script's table. ``--no-record`` prints
+  the table without touching ``bench/results/`` or ``BENCHMARKS.md``.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import platform
 import re
 import resource
+import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,14 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 MIB = 2**20
-
-MODELS = {
-    "ganomaly": "Ganomaly",
-    "skip_ganomaly": "SkipGanomaly",
-    "skip_sa": "SkipSelfAttentionGan",
-    "mife": "Mife",
-    "baseline": "MifeBaseline",
-}
 
 _HEADER = """# Benchmarks
 
@@ -39,6 +43,272 @@ machine move with its load: the load average at the start of each run is recorde
 """
 
 
+def ensure_repo_on_path() -> None:
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+
+
+# --------------------------------------------------------------------------------- models
+def model_names() -> list[str]:
+    """Config names of every architecture (``model=<name>``), from the registry."""
+    ensure_repo_on_path()
+    from anomaly_gan.models.registry import ARCHITECTURES
+
+    return list(ARCHITECTURES)
+
+
+def build_model(name: str, size: int, channels: int = 3, **options: Any) -> Any:
+    """The registered LightningModule ``name`` at ``size`` px with its default settings."""
+    ensure_repo_on_path()
+    from anomaly_gan.models.registry import architecture
+
+    return architecture(name)(image_size=size, channels=channels, **options)
+
+
+def parameter_counts(model: Any) -> dict[str, int]:
+    return {
+        "g_params": sum(p.numel() for p in model.generator.parameters()),
+        "d_params": sum(p.numel() for p in model.discriminator.parameters()),
+    }
+
+
+def random_images(n: int, size: int, channels: int = 3, device: str = "cpu") -> Any:
+    """``n`` random images in [-1, 1], the range of the generators' Tanh."""
+    import torch
+
+    return torch.rand(n, channels, size, size, device=device) * 2 - 1
+
+
+def image_loader(size: int, batch: int, batches: int, channels: int = 3) -> Any:
+    """``batches`` batches of random images as the data modules deliver them."""
+    from torch.utils.data import DataLoader
+
+    images = random_images(batch * batches, size, channels)
+    return DataLoader([{"image": image} for image in images], batch_size=batch)
+
+
+# --------------------------------------------------------------------------- timing, memory
+def is_cuda(device: str) -> bool:
+    return device.startswith("cuda")
+
+
+def sync(device: str) -> None:
+    if is_cuda(device):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def timed_calls(fn: Callable[[], Any], warmup: int, steps: int, device: str = "cpu") -> list[float]:
+    """Call ``fn`` ``warmup`` times untimed, then ``steps`` times timed (device synchronised)."""
+    seconds = []
+    for step in range(warmup + steps):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        if step >= warmup:
+            seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def fit_timed(
+    module: Any,
+    loader: Any,
+    *,
+    warmup: int,
+    device: str = "cpu",
+    precision: str = "32-true",
+    prepare_batch: Callable[[Any], None] | None = None,
+    around_step: Callable[[int], contextlib.AbstractContextManager] | None = None,
+) -> dict[str, list[float]]:
+    """Train ``module`` for one epoch of ``loader`` with the real ``lightning.Trainer.fit``.
+
+    Returns the seconds of every batch after the first ``warmup``: ``step_s``, the module's
+    own ``training_step`` call (its optimizer steps, backward passes and logging included);
+    ``batch_s``, the whole batch as the loop runs it (hooks, callbacks such as a
+    pre-processor, and the step). ``prepare_batch`` may change a batch in place before it is
+    timed; ``around_step(i)`` gives a context for step ``i`` (a profiler, say).
+    """
+    import lightning as L
+
+    step_s: list[float] = []
+    batch_s: list[float] = []
+
+    class BatchTimer(L.Callback):
+        start = 0.0
+
+        def on_train_batch_start(self, _trainer: Any, _module: Any, batch: Any, *_: Any) -> None:
+            if prepare_batch is not None:
+                prepare_batch(batch)
+            sync(device)
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, *_: Any) -> None:
+            sync(device)
+            batch_s.append(time.perf_counter() - self.start)
+
+    training_step = module.training_step
+
+    def timed_training_step(*args: Any, **kwargs: Any) -> Any:
+        context = around_step(len(step_s)) if around_step else contextlib.nullcontext()
+        with context:
+            sync(device)
+            start = time.perf_counter()
+            out = training_step(*args, **kwargs)
+            sync(device)
+        step_s.append(time.perf_counter() - start)
+        return out
+
+    module.training_step = timed_training_step  # the instance attribute shadows the method
+    trainer = L.Trainer(
+        accelerator="gpu" if is_cuda(device) else "cpu",
+        devices=1,
+        precision=precision,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[BatchTimer()],
+    )
+    try:
+        trainer.fit(module, train_dataloaders=loader)
+    finally:
+        del module.training_step
+    return {"step_s": step_s[warmup:], "batch_s": batch_s[warmup:]}
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_mark(device: str) -> int:
+    """Bytes in use now; on CUDA also restarts the peak counter."""
+    if is_cuda(device):
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    return current_rss_bytes()
+
+
+def memory_peak(device: str, before: int) -> dict[str, float]:
+    """Peak since :func:`memory_mark` (CPU: the process's peak RSS) and its growth, in MiB."""
+    if is_cuda(device):
+        import torch
+
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = peak_rss_bytes()
+    return {"peak_mib": peak / MIB, "delta_mib": (peak - before) / MIB}
+
+
+def memory_label(device: str) -> str:
+    if is_cuda(device):
+        return "torch.cuda.max_memory_allocated growth"
+    return "peak RSS growth of the measuring subprocess"
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------ options, cells
+def add_timing_arguments(
+    parser: argparse.ArgumentParser, *, batch: int | None, warmup: int, steps: int
+) -> None:
+    """--batch, --warmup, --steps, --threads and --no-record, as every script spells them."""
+    parser.add_argument(
+        "--batch", type=int, default=batch, help=f"batch size (default: {batch or 'per size'})"
+    )
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps first")
+    parser.add_argument("--steps", type=int, default=steps, help="timed steps")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default; 1 is steadier on a shared machine)",
+    )
+    parser.add_argument(
+        "--no-record",
+        dest="record",
+        action="store_false",
+        help="print only: leave bench/results/ and BENCHMARKS.md as they are",
+    )
+
+
+def add_cell_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    child: tuple[str, ...],
+    batch: int | None,
+    warmup: int,
+    steps: int,
+    timeout: float,
+) -> None:
+    """The timing options plus --device, --timeout and the hidden --child of :func:`run_cell`."""
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    add_timing_arguments(parser, batch=batch, warmup=warmup, steps=steps)
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=timeout,
+        help="seconds per cell before it is recorded as skipped",
+    )
+    parser.add_argument("--child", nargs=len(child), metavar=child, help=argparse.SUPPRESS)
+
+
+def forwarded(args: argparse.Namespace, names: Iterable[str]) -> list[str]:
+    """``args`` as command-line options again (flags for True, nothing for None/False)."""
+    options: list[str] = []
+    for name in names:
+        value = getattr(args, name)
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            options.append(flag)
+        elif value is not None and value is not False:
+            options += [flag, str(value)]
+    return options
+
+
+def run_cell(
+    script: str, child: list[str], options: list[str], row: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    """Run ``script --child *child *options`` in a fresh process; its last stdout line is JSON.
+
+    A cell that fails or runs past ``timeout`` comes back as ``row`` with a ``skipped`` reason.
+    """
+    command = [sys.executable, script, "--child", *child, *options]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**row, "skipped": f"over the {timeout:.0f} s limit per cell (--timeout)"}
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        reason = lines[-1] if lines else f"exit status {done.returncode}"
+        if done.returncode < 0 or "out of memory" in done.stderr.lower():
+            reason = f"killed or out of memory (status {done.returncode}): {reason}"
+        return {**row, "skipped": reason[:300]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def progress(row: dict[str, Any], started: float) -> None:
+    print(f"  {json.dumps(row)} ({time.perf_counter() - started:.0f} s)", flush=True)
+
+
+# ------------------------------------------------------------------ machine, files, tables
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -49,7 +319,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine(device: str = "cpu", threads: int = 0) -> dict[str, Any]:
+def machine(device: str = "cpu", threads: int | None = 0) -> dict[str, Any]:
     """What the figures were measured on (CPU model, cores, memory, torch, GPU)."""
     import torch
 
@@ -63,7 +333,7 @@ def machine(device: str = "cpu", threads: int = 0) -> dict[str, Any]:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    if device.startswith("cuda") and torch.cuda.is_available():
+    if is_cuda(device) and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info["gpu"] = props.name
         info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
@@ -110,14 +380,21 @@ def update_section(name: str, title: str, body: str) -> Path:
     return BENCHMARKS_MD
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def publish(name: str, title: str, data: dict[str, Any], body: str, record: bool) -> None:
+    """Print the section; with ``record``, also write its JSON and its BENCHMARKS.md section."""
+    print()
+    print(body)
+    if not record:
+        print("\n(--no-record: bench/results/ and BENCHMARKS.md left as they were)")
+        return
+    path = write_json(name, data)
+    update_section(name, title, body)
+    print(f"\n{path}, {BENCHMARKS_MD}")
 
 
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def find_row(rows: list[dict[str, Any]], **keys: Any) -> dict[str, Any] | None:
+    """The first row whose values match ``keys`` (None if there is none)."""
+    return next((r for r in rows if all(r.get(k) == v for k, v in keys.items())), None)
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -126,6 +403,16 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def ensure_repo_on_path() -> None:
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+def section_body(
+    info: dict[str, Any], description: str, tables: list[str], rows: list[dict[str, Any]], kind: str
+) -> str:
+    """Machine line, what was measured, the tables, then the cells that were skipped and why."""
+    text = [machine_line(info), "", description]
+    for part in tables:
+        text += ["", part]
+    skipped = [
+        f"- {r['model']} @ {r['size']} px {r[kind]}: {r['skipped']}" for r in rows if "skipped" in r
+    ]
+    if skipped:
+        text += ["", "Skipped cells:", *skipped]
+    return "\n".join(text)

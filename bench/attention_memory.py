@@ -1,6 +1,7 @@
 """Self-attention memory: the fused attention of Skip-SA and MIFE against a plain N×N softmax.
 
     NO_ALBUMENTATIONS_UPDATE=1 .venv/bin/python bench/attention_memory.py [--device cuda]
+    .venv/bin/python bench/attention_memory.py --configs skip_sa:32 --no-record   # quick look
 
 :class:`anomaly_gan.nets.blocks.SelfAttention2d` computes SAGAN attention with
 ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels: O(N) memory in the
@@ -18,6 +19,7 @@ Peak memory: CPU, peak RSS of the subprocess minus its RSS before the pass; GPU,
 ``torch.cuda.max_memory_allocated`` minus the allocation before. A plain cell whose N×N
 matrices alone (x3: logits, softmax kept for backward, its gradient) would not fit in the
 available memory is skipped with that estimate instead of being run into the OOM killer.
+``--warmup`` defaults to 0: a 256 px Skip-SA pass is minutes on CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import types
@@ -42,6 +43,8 @@ CONFIGS = [("skip_sa", 64), ("skip_sa", 128), ("skip_sa", 256), ("mife", 128), (
 # Tensors of N×N floats alive at the peak of a plain pass: logits, softmax (saved for
 # backward) and the gradient of the softmax during backward.
 NN_COPIES = 3
+#: the options a cell's subprocess needs
+FORWARD = ["device", "batch", "warmup", "steps", "threads"]
 
 
 def plain_attention(self: Any, x: Any) -> Any:
@@ -63,10 +66,11 @@ def _attention_layers(model: Any) -> list[Any]:
     return [m for m in model.generator.modules() if isinstance(m, SelfAttention2d)]
 
 
-def _positions(model: Any, size: int) -> list[int]:
+def positions(name: str, size: int, model: Any = None) -> list[int]:
     """N = H·W at every attention layer, found with a forward hook on a 1-image pass."""
     import torch
 
+    model = model if model is not None else common.build_model(name, size)
     found: list[int] = []
     hooks = [
         layer.register_forward_hook(
@@ -81,7 +85,11 @@ def _positions(model: Any, size: int) -> list[int]:
     return found
 
 
-def _available_bytes() -> int:
+def _available_bytes(device: str) -> int:
+    if common.is_cuda(device):
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024
@@ -89,94 +97,40 @@ def _available_bytes() -> int:
 
 
 def measure(args: argparse.Namespace, name: str, size: int, impl: str) -> dict[str, Any]:
-    common.ensure_repo_on_path()
+    """Child process: one (model, size, implementation) cell."""
     import torch
 
-    from anomaly_gan import models
-
     device = args.device
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     torch.manual_seed(0)
-    model = getattr(models, common.MODELS[name])(image_size=size, channels=3)
-    layers = _attention_layers(model)
-    positions = _positions(model, size)
+    model = common.build_model(name, size)
+    found = positions(name, size, model)
     if impl == "plain":
-        for layer in layers:
+        for layer in _attention_layers(model):
             layer.forward = types.MethodType(plain_attention, layer)
     model = model.to(device).train()
-    generator = model.generator
-    image = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        before = common.current_rss_bytes()
-    seconds = []
-    for _ in range(args.warmup + args.steps):
-        start = time.perf_counter()
+    image = common.random_images(args.batch, size, device=device)
+
+    def forward_backward() -> None:
         model.generate(image).reconstruction.mean().backward()
-        generator.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() if cuda else common.peak_rss_bytes()
-    timed = seconds[args.warmup :]
+        model.generator.zero_grad(set_to_none=True)
+
+    before = common.memory_mark(device)
+    timed = common.timed_calls(forward_backward, args.warmup, args.steps, device)
     return {
         "model": name,
         "size": size,
         "impl": impl,
         "batch": args.batch,
-        "attention_positions": positions,
-        "delta_mib": (peak - before) / common.MIB,
+        "attention_positions": found,
+        "delta_mib": common.memory_peak(device, before)["delta_mib"],
         "step_s": statistics.median(timed),
         "timed_steps": len(timed),
     }
 
 
-def nn_bytes(positions: list[int], batch: int) -> int:
-    return sum(batch * n * n * 4 for n in positions)
-
-
-def _run(args: argparse.Namespace, name: str, size: int, impl: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"model": name, "size": size, "impl": impl, "batch": args.batch}
-    command = [
-        sys.executable,
-        __file__,
-        "--child",
-        name,
-        str(size),
-        impl,
-        "--device",
-        args.device,
-        "--batch",
-        str(args.batch),
-        "--warmup",
-        str(args.warmup),
-        "--steps",
-        str(args.steps),
-        "--threads",
-        str(args.threads),
-    ]
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=args.timeout, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return {**row, "skipped": f"over the {args.timeout:.0f} s limit per cell (--timeout)"}
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        return {**row, "skipped": (lines[-1] if lines else f"status {done.returncode}")[:300]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _positions_only(name: str, size: int) -> list[int]:
-    common.ensure_repo_on_path()
-    from anomaly_gan import models
-
-    return _positions(getattr(models, common.MODELS[name])(image_size=size, channels=3), size)
+def nn_bytes(found: list[int], batch: int) -> int:
+    return sum(batch * n * n * 4 for n in found)
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -192,35 +146,35 @@ def markdown(data: dict[str, Any]) -> str:
         "fused: s/step",
         "plain: s/step",
     ]
+
+    def mem(row: dict[str, Any]) -> str:
+        return "skipped" if "skipped" in row else f"{row['delta_mib']:.0f}"
+
+    def sec(row: dict[str, Any]) -> str:
+        return "-" if "skipped" in row else f"{row['step_s']:.2f}"
+
     lines = []
     for name, size in dict.fromkeys((r["model"], r["size"]) for r in rows):
-        fused = next(r for r in rows if (r["model"], r["size"], r["impl"]) == (name, size, "fused"))
-        plain = next(r for r in rows if (r["model"], r["size"], r["impl"]) == (name, size, "plain"))
-        positions = fused.get("attention_positions") or plain.get("attention_positions") or []
-        matrices = nn_bytes(positions, data["options"]["batch"]) * NN_COPIES / common.MIB
-
-        def mem(row: dict[str, Any]) -> str:
-            return "skipped" if "skipped" in row else f"{row['delta_mib']:.0f}"
-
-        def sec(row: dict[str, Any]) -> str:
-            return "-" if "skipped" in row else f"{row['step_s']:.2f}"
-
-        if "skipped" in fused or "skipped" in plain:
-            saved = (
-                f"≥ {matrices - float(mem(fused)):.0f} MiB (est.)"
-                if ("skipped" in plain and "skipped" not in fused)
-                else "-"
-            )
-        else:
+        fused, plain = (
+            common.find_row(rows, model=name, size=size, impl=impl) or {"skipped": "not run"}
+            for impl in ("fused", "plain")
+        )
+        found = fused.get("attention_positions") or plain.get("attention_positions") or []
+        matrices = nn_bytes(found, data["options"]["batch"]) * NN_COPIES / common.MIB
+        if "skipped" not in fused and "skipped" not in plain:
             saved = (
                 f"{plain['delta_mib'] - fused['delta_mib']:.0f} MiB "
                 f"({plain['delta_mib'] / max(fused['delta_mib'], 1e-9):.1f}x)"
             )
+        elif "skipped" in plain and "skipped" not in fused:
+            saved = f"≥ {matrices - fused['delta_mib']:.0f} MiB (est.)"
+        else:
+            saved = "-"
         lines.append(
             [
                 name,
                 str(size),
-                ", ".join(map(str, positions)),
+                ", ".join(map(str, found)),
                 f"{matrices:,.0f} MiB",
                 mem(fused),
                 mem(plain),
@@ -229,58 +183,29 @@ def markdown(data: dict[str, Any]) -> str:
                 sec(plain),
             ]
         )
-    skipped = [
-        f"- {r['model']} @ {r['size']} px {r['impl']}: {r['skipped']}"
-        for r in rows
-        if "skipped" in r
-    ]
     options = data["options"]
-    memory = (
-        "peak RSS growth of the measuring subprocess"
-        if options["device"] == "cpu"
-        else "torch.cuda.max_memory_allocated growth"
-    )
-    text = [
-        common.machine_line(data["machine"]),
-        "",
+    description = (
         f"Device {options['device']}; generator forward + backward, batch {options['batch']}, "
-        f"{options['warmup']} warm-up + {options['steps']} timed passes. Peak MiB = {memory}. "
-        f"'N×N matrices' = what the plain attention must hold at its peak "
-        f"({NN_COPIES} float32 N×N tensors per layer: logits, softmax, its gradient).",
-        "",
-        common.table(header, lines),
-    ]
-    if skipped:
-        text += ["", "Skipped cells:", *skipped]
-    return "\n".join(text)
+        f"{options['warmup']} warm-up + {options['steps']} timed passes. Peak MiB = "
+        f"{common.memory_label(options['device'])}. 'N×N matrices' = what the plain attention "
+        f"must hold at its peak ({NN_COPIES} float32 N×N tensors per layer: logits, softmax, "
+        "its gradient)."
+    )
+    return common.section_body(
+        data["machine"], description, [common.table(header, lines)], rows, "impl"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=0,
-        help="untimed passes (default 0: a 256 px Skip-SA pass is minutes on CPU)",
-    )
-    parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch threads per cell (0: torch's default; 1 is steadier on a shared machine)",
-    )
-    parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument(
         "--configs",
         nargs="+",
         default=[f"{m}:{s}" for m, s in CONFIGS],
         help="model:size pairs, e.g. skip_sa:128 mife:256",
     )
-    parser.add_argument(
-        "--child", nargs=3, metavar=("MODEL", "SIZE", "IMPL"), help=argparse.SUPPRESS
+    common.add_cell_arguments(
+        parser, child=("MODEL", "SIZE", "IMPL"), batch=1, warmup=0, steps=1, timeout=600.0
     )
     args = parser.parse_args()
     if args.child:
@@ -289,45 +214,33 @@ def main() -> None:
 
     info = common.machine(args.device, args.threads)
     print(common.machine_line(info), flush=True)
-    budget = (
-        _available_bytes()
-        if args.device == "cpu"
-        else __import__("torch").cuda.get_device_properties(0).total_memory
-    )
+    budget = _available_bytes(args.device)
+    options = common.forwarded(args, FORWARD)
     rows = []
     for config in args.configs:
         name, size = config.split(":")[0], int(config.split(":")[1])
+        found = positions(name, size)
+        need = nn_bytes(found, args.batch) * NN_COPIES
         for impl in ("fused", "plain"):
-            positions = _positions_only(name, size)
-            need = nn_bytes(positions, args.batch) * NN_COPIES
+            started = time.perf_counter()
+            cell = {"model": name, "size": size, "impl": impl, "batch": args.batch}
             if impl == "plain" and need > 0.8 * budget:
-                row = {
-                    "model": name,
-                    "size": size,
-                    "impl": impl,
-                    "batch": args.batch,
-                    "attention_positions": positions,
+                row = cell | {
                     "skipped": f"its N×N matrices alone need ~{need / 2**30:.0f} GiB, more "
-                    f"than 80% of the {budget / 2**30:.0f} GiB available",
+                    f"than 80% of the {budget / 2**30:.0f} GiB available"
                 }
             else:
-                started = time.perf_counter()
-                row = _run(args, name, size, impl)
-                row.setdefault("attention_positions", positions)
+                row = common.run_cell(
+                    __file__, [name, str(size), impl], options, cell, args.timeout
+                )
                 row["wall_s"] = round(time.perf_counter() - started, 1)
+            row.setdefault("attention_positions", found)
             rows.append(row)
-            print(f"  {json.dumps(row)}", flush=True)
+            common.progress(row, started)
     data = {"machine": info, "options": vars(args) | {"child": None}, "rows": rows}
-    path = common.write_json(f"attention_memory_{args.device.split(':')[0]}", data)
-    body = markdown(data)
-    common.update_section(
-        f"attention_memory_{args.device.split(':')[0]}",
-        f"Self-attention memory, fused vs N×N ({args.device})",
-        body,
-    )
-    print()
-    print(body)
-    print(f"\n{path}, {common.BENCHMARKS_MD}")
+    device = args.device.split(":")[0]
+    title = f"Self-attention memory, fused vs N×N ({args.device})"
+    common.publish(f"attention_memory_{device}", title, data, markdown(data), args.record)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 Runs ``bench/data_loading.py`` (which writes 1024 px PNGs and times epochs of the real
 ``MVTecDataModule`` train loader: cold = decode + resize, warm = memory or disk cache) and
 stores its table in ``bench/results/data_epoch.json`` and the ``data_epoch`` section of
-``BENCHMARKS.md``. Its options (``--n``, ``--size``, ``--num-workers``, ...) pass through.
+``BENCHMARKS.md``. Its options (``--n``, ``--size``, ``--num-workers``, ...) pass through;
+``--no-record`` prints the table only (a quick look: ``--n 8 --size 256 --no-record``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ ROW = re.compile(r"^(?P<name>.+?)\s{2,}(?P<images>\d+)\s+(?P<seconds>[\d.]+)\s+(
 
 def main() -> int:
     script = Path(__file__).with_name("data_loading.py")
+    options = [arg for arg in sys.argv[1:] if arg != "--no-record"]
     done = subprocess.run(
-        [sys.executable, str(script), *sys.argv[1:]], capture_output=True, text=True, check=False
+        [sys.executable, str(script), *options], capture_output=True, text=True, check=False
     )
     print(done.stdout, end="")
     if done.returncode not in (0, 1):  # 1 = ran, but missed its speed-up target
@@ -37,12 +39,11 @@ def main() -> int:
     summary = [line for line in done.stdout.splitlines() if line.startswith(("wrote", "speed-up"))]
     data = {
         "machine": common.machine("cpu"),
-        "args": sys.argv[1:],
+        "args": options,
         "rows": rows,
         "summary": summary,
         "exit_status": done.returncode,
     }
-    path = common.write_json("data_epoch", data)
     table = common.table(
         ["epoch", "images", "seconds", "images/s"],
         [[r["name"], r["images"], r["seconds"], r["rate"]] for r in rows],
@@ -62,8 +63,8 @@ def main() -> int:
             *summary[1:],
         ]
     )
-    common.update_section("data_epoch", "Data epoch: cold vs warm (decoded-image cache)", body)
-    print(f"\n{path}, {common.BENCHMARKS_MD}")
+    title = "Data epoch: cold vs warm (decoded-image cache)"
+    common.publish("data_epoch", title, data, body, "--no-record" not in sys.argv[1:])
     return done.returncode
 
 

@@ -28,11 +28,12 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from anomaly_gan.data import MVTecDataModule  # noqa: E402
 from anomaly_gan.evaluation.baselines import baseline_metrics  # noqa: E402
+from anomaly_gan.models.registry import ARCHITECTURES  # noqa: E402
 
-MODELS = ["ganomaly", "skip_ganomaly", "skip_sa", "mife", "baseline"]
+MODELS = list(ARCHITECTURES)
 # Skip-SA's epochs cost ~2.5x Skip-GANomaly's at 128 px (two depthwise-separable blocks at
 # full resolution on each side); in 4 minutes it stops after 6 epochs, before its validation
-# reconstruction error has settled (docs/what-works.md). The issue allows 15.
+# reconstruction error has settled (docs/what-works.md). Runs of up to 15 minutes were allowed.
 MODEL_BUDGETS = ["skip_sa@128=00:00:08:00"]
 
 
@@ -92,7 +93,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=REPO.parent / "shared" / "data",
+        help="folder holding <category>/ in MVTec layout (default: the real-data folder next "
+        "to the repository)",
+    )
     parser.add_argument("--category", default="magnetic_tile")
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128])
@@ -102,7 +109,7 @@ def main() -> int:
         nargs="+",
         default=["00:00:03:00", "00:00:04:00"],
         help="trainer.max_time per run: one for every size, or one per --sizes entry "
-        "(default: 3 min at 64 px, 4 min at 128 px; the issue allows up to 15)",
+        "(default: 3 min at 64 px, 4 min at 128 px; runs of up to 15 were allowed)",
     )
     parser.add_argument(
         "--model-budget",

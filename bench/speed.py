@@ -1,25 +1,30 @@
-"""Training and inference speed and peak memory of every architecture at 64/128/256 px.
+"""Training and inference speed, peak memory and parameters of every architecture at 64/128/256 px.
 
     NO_ALBUMENTATIONS_UPDATE=1 .venv/bin/python bench/speed.py                  # CPU
     .venv/bin/python bench/speed.py --device cuda [--precision bf16-mixed] [--channels-last]
     .venv/bin/python bench/speed.py --models ganomaly --sizes 64 --steps 5
+    .venv/bin/python bench/speed.py --models ganomaly --sizes 32 --batch 2 --steps 1 --no-record
 
+The models are those of ``anomaly_gan.models.registry``, each with its default settings.
 Every (model, size, training|inference) cell runs in a fresh subprocess, so one cell's
 memory high-water mark never hides another's, and a cell that runs out of memory or time
 is recorded as skipped with the reason instead of stopping the run.
 
 - Training images/s: a real ``lightning.Trainer.fit`` on random images in [-1, 1]; each
-  step is the core's ``training_step`` (one generator pass, a discriminator update, a
-  generator update, logging). ``--warmup`` steps untimed, then ``--steps`` timed; a callback
-  times each batch (CUDA synchronised) and the median step gives images/s.
+  batch runs the core's ``GanAnomalyModule.training_step`` (one generator pass, a
+  discriminator update, a generator update, logging). ``--warmup`` batches untimed, then
+  ``--steps`` timed; a callback times each batch (CUDA synchronised) and the median batch
+  gives images/s. The median ``training_step`` call alone is in the JSON (``train_step_s``).
 - Inference images/s: ``model(image)`` (scores) in eval mode under ``torch.inference_mode``.
 - Peak memory: CPU, the subprocess's peak RSS (``ru_maxrss``) minus its RSS just before the
   timed work (model and data already built): activations, gradients, optimizer state and
   allocator slack. GPU: ``torch.cuda.max_memory_allocated``.
+- Parameters: generator and discriminator, at each size.
 
 Default batch on CPU: 16 at 64 px, 8 at 128 px, 2 at 256 px, where a cell is one cold step
-(no warm-up: a Skip-SA step at 256 px is minutes on two cores); on GPU 32 everywhere. Results go to
-``bench/results/speed_<device>[_bf16][_cl].json`` and a table in ``BENCHMARKS.md``.
+(no warm-up: a Skip-SA step at 256 px is minutes on two cores); on GPU 32 everywhere; other
+sizes need ``--batch``. Results go to ``bench/results/speed_<device>[_bf16][_cl].json`` and
+a table in ``BENCHMARKS.md`` (not with ``--no-record``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,160 +46,64 @@ import _common as common
 CPU_BATCH = {64: 16, 128: 8, 256: 2}
 BIG_CPU_SIZE = 256
 GPU_BATCH = 32
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _peak_before(device: str) -> int:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated()
-    return common.current_rss_bytes()
-
-
-def _peak_after(device: str, before: int) -> dict[str, float]:
-    import torch
-
-    if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated()
-        return {"peak_mib": peak / common.MIB, "delta_mib": (peak - before) / common.MIB}
-    peak = common.peak_rss_bytes()
-    return {"peak_mib": peak / common.MIB, "delta_mib": (peak - before) / common.MIB}
+#: the options a cell's subprocess needs
+FORWARD = ["device", "precision", "channels_last", "batch", "warmup", "steps", "threads"]
 
 
 def measure(args: argparse.Namespace, name: str, size: int, mode: str) -> dict[str, Any]:
     """Child process: one (model, size, mode) cell; returns one JSON-able dict."""
-    common.ensure_repo_on_path()
-    import lightning as L
     import torch
-    from torch.utils.data import DataLoader
-
-    from anomaly_gan import models
 
     device = args.device
-    channels_last = torch.channels_last if args.channels_last else torch.contiguous_format
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    common.set_threads(args.threads)
     torch.manual_seed(0)
-    model = getattr(models, common.MODELS[name])(image_size=size, channels=3)
-    model = model.to(memory_format=channels_last)
-    batch = args.batch or (GPU_BATCH if device.startswith("cuda") else CPU_BATCH[size])
+    model = common.build_model(name, size).to(memory_format=memory_format)
+    batch = args.batch or (GPU_BATCH if common.is_cuda(device) else CPU_BATCH[size])
+    warmup, steps = args.warmup, args.steps
     if device == "cpu" and size >= BIG_CPU_SIZE and not args.batch:
-        args.warmup, args.steps = 0, 1  # one cold step: minutes each for the attention models
-    n_steps = args.warmup + args.steps
+        warmup, steps = 0, 1  # one cold step: minutes each for the attention models
     result: dict[str, Any] = {"model": name, "size": size, "mode": mode, "batch": batch}
+    result.update(common.parameter_counts(model))
 
     if mode == "train":
-        images = [{"image": torch.rand(3, size, size) * 2 - 1} for _ in range(batch)]
-        loader = DataLoader(images * n_steps, batch_size=batch)
 
-        class StepTimer(L.Callback):
-            def __init__(self) -> None:
-                self.seconds: list[float] = []
-                self._start = 0.0
+        def prepare(batch_: dict[str, Any]) -> None:
+            batch_["image"] = batch_["image"].contiguous(memory_format=memory_format)
 
-            def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, *_: Any) -> None:
-                batch["image"] = batch["image"].contiguous(memory_format=channels_last)
-                _sync(device)
-                self._start = time.perf_counter()
-
-            def on_train_batch_end(self, *_: Any) -> None:
-                _sync(device)
-                self.seconds.append(time.perf_counter() - self._start)
-
-        timer = StepTimer()
-        trainer = L.Trainer(
-            accelerator="gpu" if device.startswith("cuda") else "cpu",
-            devices=1,
+        loader = common.image_loader(size, batch, warmup + steps)
+        before = common.memory_mark(device)
+        fit = common.fit_timed(
+            model,
+            loader,
+            warmup=warmup,
+            device=device,
             precision=args.precision,
-            max_epochs=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            callbacks=[timer],
+            prepare_batch=prepare,
         )
-        before = _peak_before(device)
-        trainer.fit(model, train_dataloaders=loader)
-        timed = timer.seconds[args.warmup :]
+        timed = fit["batch_s"]
+        result["train_step_s"] = statistics.median(fit["step_s"])
     else:
         model = model.to(device).eval()
-        image = (torch.rand(batch, 3, size, size, device=device) * 2 - 1).contiguous(
-            memory_format=channels_last
-        )
+        image = common.random_images(batch, size, device=device)
+        image = image.contiguous(memory_format=memory_format)
         autocast = torch.autocast(
-            device_type="cuda" if device.startswith("cuda") else "cpu",
+            device_type="cuda" if common.is_cuda(device) else "cpu",
             dtype=torch.bfloat16,
             enabled=args.precision == "bf16-mixed",
         )
-        before = _peak_before(device)
-        timed = []
+        before = common.memory_mark(device)
         with torch.inference_mode(), autocast:
-            for step in range(n_steps):
-                _sync(device)
-                start = time.perf_counter()
-                model(image)
-                _sync(device)
-                if step >= args.warmup:
-                    timed.append(time.perf_counter() - start)
+            timed = common.timed_calls(lambda: model(image), warmup, steps, device)
     step_s = statistics.median(timed)
     result.update(
         step_s=step_s,
         images_per_s=batch / step_s,
         timed_steps=len(timed),
-        warmup=args.warmup,
-        **_peak_after(device, before),
+        warmup=warmup,
+        **common.memory_peak(device, before),
     )
     return result
-
-
-def _run_child(args: argparse.Namespace, name: str, size: int, mode: str) -> dict[str, Any]:
-    command = [
-        sys.executable,
-        __file__,
-        "--child",
-        name,
-        str(size),
-        mode,
-        "--device",
-        args.device,
-        "--precision",
-        args.precision,
-        "--warmup",
-        str(args.warmup),
-        "--steps",
-        str(args.steps),
-        "--threads",
-        str(args.threads),
-    ]
-    command += ["--batch", str(args.batch)] if args.batch else []
-    command += ["--channels-last"] if args.channels_last else []
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=args.timeout, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return {
-            "model": name,
-            "size": size,
-            "mode": mode,
-            "skipped": f"over the {args.timeout:.0f} s limit per cell (--timeout)",
-        }
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        reason = lines[-1] if lines else f"exit status {done.returncode}"
-        if done.returncode < 0 or "out of memory" in done.stderr.lower():
-            reason = f"killed or out of memory (status {done.returncode}): {reason}"
-        return {"model": name, "size": size, "mode": mode, "skipped": reason[:300]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _cell(row: dict[str, Any] | None) -> tuple[str, str]:
@@ -207,66 +115,48 @@ def _cell(row: dict[str, Any] | None) -> tuple[str, str]:
     return f"{row['images_per_s']:.3g} (b{row['batch']}){cold}", f"{row['delta_mib']:.0f}"
 
 
+def _params(rows: list[dict[str, Any]], name: str, size: int) -> str:
+    row = next(
+        (r for r in rows if (r["model"], r["size"]) == (name, size) and "g_params" in r), None
+    )
+    return "-" if row is None else f"{row['g_params'] / 1e6:.2f} / {row['d_params'] / 1e6:.2f}"
+
+
 def markdown(data: dict[str, Any]) -> str:
     rows = data["rows"]
     sizes = sorted({r["size"] for r in rows})
+    names = list(dict.fromkeys(r["model"] for r in rows))
     header = ["model"]
     for size in sizes:
         header += [
-            f"train img/s @{size}",
-            f"infer img/s @{size}",
-            f"train MiB @{size}",
-            f"infer MiB @{size}",
+            f"{what} @{size}" for what in ("train img/s", "infer img/s", "train MiB", "infer MiB")
         ]
     lines = []
-    for name in dict.fromkeys(r["model"] for r in rows):
+    for name in names:
         cells = [name]
         for size in sizes:
-            train = next(
-                (
-                    r
-                    for r in rows
-                    if r["model"] == name and r["size"] == size and r["mode"] == "train"
-                ),
-                None,
+            (t_rate, t_mem), (i_rate, i_mem) = (
+                _cell(common.find_row(rows, model=name, size=size, mode=mode))
+                for mode in ("train", "infer")
             )
-            infer = next(
-                (
-                    r
-                    for r in rows
-                    if r["model"] == name and r["size"] == size and r["mode"] == "infer"
-                ),
-                None,
-            )
-            (t_rate, t_mem), (i_rate, i_mem) = _cell(train), _cell(infer)
             cells += [t_rate, i_rate, t_mem, i_mem]
         lines.append(cells)
-    skipped = [
-        f"- {r['model']} @ {r['size']} px {r['mode']}: {r['skipped']}"
-        for r in rows
-        if "skipped" in r
-    ]
-    options = data["options"]
-    memory = (
-        "peak RSS growth of the measuring subprocess"
-        if options["device"] == "cpu"
-        else "torch.cuda.max_memory_allocated"
+    params = common.table(
+        ["parameters (M), generator / discriminator", *(f"@{size}" for size in sizes)],
+        [[name, *(_params(rows, name, size) for size in sizes)] for name in names],
     )
-    text = [
-        common.machine_line(data["machine"]),
-        "",
+    options = data["options"]
+    description = (
         f"Device {options['device']}, precision {options['precision']}, channels-last "
         f"{options['channels_last']}; {options['warmup']} warm-up + {options['steps']} timed "
-        "steps per cell, median step. Training through `lightning.Trainer.fit` (the core's "
-        f"`training_step`: D update + G update); inference `model(image)` in eval mode. "
-        f"MiB = {memory}. (bN) = batch size; * = one cold step (no warm-up) at "
-        f"{BIG_CPU_SIZE} px on CPU.",
-        "",
-        common.table(header, lines),
-    ]
-    if skipped:
-        text += ["", "Skipped cells:", *skipped]
-    return "\n".join(text)
+        "steps per cell, median step. Training through `lightning.Trainer.fit` (each batch runs "
+        "the core's `training_step`: D update + G update); inference `model(image)` in eval "
+        f"mode. MiB = {common.memory_label(options['device'])}. (bN) = batch size; * = one cold "
+        f"step (no warm-up) at {BIG_CPU_SIZE} px on CPU."
+    )
+    return common.section_body(
+        data["machine"], description, [common.table(header, lines), params], rows, "mode"
+    )
 
 
 def result_name(args: argparse.Namespace) -> str:
@@ -277,39 +167,17 @@ def result_name(args: argparse.Namespace) -> str:
 
 
 def main() -> None:
+    names = common.model_names()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--models", nargs="+", default=list(common.MODELS), choices=list(common.MODELS)
-    )
+    parser.add_argument("--models", nargs="+", default=names, choices=names)
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128, 256])
     parser.add_argument(
         "--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"]
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument(
-        "--batch",
-        type=int,
-        default=None,
-        help="one batch size for every cell (default: per size, see above)",
-    )
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch threads per cell (0: torch's default; 1 is steadier on a shared machine)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=420.0,
-        help="seconds per cell before it is recorded as skipped",
-    )
-    parser.add_argument(
-        "--child", nargs=3, metavar=("MODEL", "SIZE", "MODE"), help=argparse.SUPPRESS
+    common.add_cell_arguments(
+        parser, child=("MODEL", "SIZE", "MODE"), batch=None, warmup=1, steps=2, timeout=420.0
     )
     args = parser.parse_args()
     if args.child:
@@ -319,37 +187,25 @@ def main() -> None:
 
     info = common.machine(args.device, args.threads)
     print(common.machine_line(info), flush=True)
+    options = common.forwarded(args, FORWARD)
     rows = []
     for name in args.models:
         for size in args.sizes:
             for mode in args.modes:
                 started = time.perf_counter()
-                row = _run_child(args, name, size, mode)
-                rows.append(row)
-                print(
-                    f"  {name} @ {size}px {mode}: {json.dumps(row)} "
-                    f"({time.perf_counter() - started:.0f} s)",
-                    flush=True,
+                cell = {"model": name, "size": size, "mode": mode}
+                rows.append(
+                    common.run_cell(__file__, [name, str(size), mode], options, cell, args.timeout)
                 )
+                common.progress(rows[-1], started)
     data = {
         "machine": info,
-        "options": {
-            "device": args.device,
-            "precision": args.precision,
-            "channels_last": args.channels_last,
-            "warmup": args.warmup,
-            "steps": args.steps,
-            "batch": args.batch,
-        },
+        "options": {name: getattr(args, name) for name in FORWARD if name != "threads"},
         "rows": rows,
     }
     name = result_name(args)
-    path = common.write_json(name, data)
-    body = markdown(data)
-    common.update_section(name, f"Speed and memory: {name.removeprefix('speed_')}", body)
-    print()
-    print(body)
-    print(f"\n{path}, {common.BENCHMARKS_MD}")
+    title = f"Speed and memory: {name.removeprefix('speed_')}"
+    common.publish(name, title, data, markdown(data), args.record)
 
 
 if __name__ == "__main__":
