@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from anomaly_gan.data.transforms import NORMALIZE_MEAN, NORMALIZE_STD, PER_IMAGE_SPREAD
-from anomaly_gan.inference import LoadedModel, load_model, map_scale
+from anomaly_gan.inference import LoadedModel, load_model
 from anomaly_gan.models.core import GanAnomalyModule
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def default_output(ckpt_path: str | Path, fmt: str = "onnx") -> Path:
 def metadata(loaded: LoadedModel) -> dict[str, str]:
     """What a deployment needs besides the graph (ONNX ``metadata_props``, strings)."""
     threshold = loaded.threshold
-    scale = map_scale(loaded.model)
+    scale = loaded.model.scorer.map_scale()
     return {
         "anomaly_gan.class_path": loaded.class_path,
         "anomaly_gan.checkpoint": loaded.checkpoint_path.name,

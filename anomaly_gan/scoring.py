@@ -13,24 +13,104 @@ Two options make the reconstruction term follow defects rather than texture nois
   Zero-mean texture error (stripes, grain) cancels inside the kernel; a defect that is
   consistently darker or brighter than its reconstruction stays.
 - ``normalize_map``: divide each pixel's error, after subtracting its mean, by its
-  standard deviation over *validation normals* (statistics kept in the model's
-  ``map_mean`` / ``map_std`` buffers, computed at every validation). Tile borders and other
-  places a model never reconstructs well stop dominating the score. Uses normal images
-  only, never test labels.
+  standard deviation over *validation normals* (the scorer's ``map_mean`` / ``map_std``
+  buffers, set by :meth:`AnomalyScore.calibrate` at every validation). Tile borders and
+  other places a model never reconstructs well stop dominating the score. Uses normal
+  images only, never test labels.
+
+:class:`AnomalyScore` is an ``nn.Module`` that owns everything about the score: the maths
+(the functions below), its state (buffers ``threshold``, ``map_mean``, ``map_std``, which
+travel in the model's checkpoint and in the exported ONNX graph) and its calibration on
+validation normals. A new way of scoring is a function here, registered in
+:data:`POOLINGS` (how a map becomes one number) or :data:`NORMS` (how a pixel's difference
+becomes an error), plus a ``conf/model/scorer/<name>.yaml`` that selects it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from typing import Any, Literal
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 from torchvision.transforms.v2.functional import gaussian_blur
 
+#: The scorer's fields, in constructor order (also the keys of ``model.scorer.*``).
+FIELDS = (
+    "latent_weight",
+    "reconstruction_weight",
+    "reconstruction_norm",
+    "map_sigma",
+    "smooth_difference",
+    "normalize_map",
+    "pooling",
+    "top_k_fraction",
+)
 
-@dataclass(frozen=True)
-class AnomalyScore:
+
+# ------------------------------------------------------------------------ score functions
+def _l1(difference: Tensor) -> Tensor:
+    return difference.abs()
+
+
+def _l2(difference: Tensor) -> Tensor:
+    return difference.square()
+
+
+#: ``reconstruction_norm`` -> per-pixel error of a difference x − x̂.
+NORMS: dict[str, Callable[[Tensor], Tensor]] = {"l1": _l1, "l2": _l2}
+
+
+def pool_mean(pixels: Tensor, top_k_fraction: float) -> Tensor:
+    """Mean over all pixels (the papers)."""
+    return pixels.mean(dim=1)
+
+
+def pool_max(pixels: Tensor, top_k_fraction: float) -> Tensor:
+    """The single highest pixel."""
+    return pixels.amax(dim=1)
+
+
+def pool_top_k(pixels: Tensor, top_k_fraction: float) -> Tensor:
+    """Mean of the highest ``top_k_fraction`` of pixels (at least one)."""
+    k = max(1, round(top_k_fraction * pixels.shape[1]))
+    return pixels.topk(k, dim=1).values.mean(dim=1)
+
+
+#: ``pooling`` -> how a flattened map (B, H*W) becomes the reconstruction term (B,). A small
+#: defect barely moves the mean; max / top-k of a smoothed map follows it.
+POOLINGS: dict[str, Callable[[Tensor, float], Tensor]] = {
+    "mean": pool_mean,
+    "max": pool_max,
+    "top_k": pool_top_k,
+}
+
+
+def latent_distance(latent_in: Tensor, latent_out: Tensor) -> Tensor:
+    """GANomaly's latent term: mean((latent_in - latent_out)^2) per image, (B,)."""
+    return (latent_in - latent_out).flatten(1).square().mean(dim=1)
+
+
+def threshold_from_normals(normal_scores: Tensor, quantile: float) -> float:
+    """Decision threshold: the ``quantile`` of anomaly scores of held-out *normal* images.
+
+    Needs no anomalous image and never looks at test labels; ``quantile=0.95`` expects
+    about 5% false alarms on normal parts.
+    """
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"model.threshold_quantile must be in (0, 1], got {quantile}")
+    if normal_scores.numel() == 0:
+        return math.nan
+    return float(torch.quantile(normal_scores.double().flatten(), quantile))
+
+
+def _choices(names: Any) -> str:
+    return ", ".join(repr(name) for name in names)
+
+
+# ----------------------------------------------------------------------------- the module
+class AnomalyScore(nn.Module):
     """``latent_weight * latent distance + reconstruction_weight * pooled anomaly map``.
 
     - latent distance (GANomaly): mean((latent_in - latent_out)^2) over the latent code;
@@ -38,24 +118,58 @@ class AnomalyScore:
       channels, optionally smoothed and standardised (module docstring), pooled to one
       number per image;
     - Skip-GANomaly's score is the mix 0.9 * reconstruction (l2) + 0.1 * latent.
+
+    Args (the ``model.scorer.*`` keys, in this order):
+        latent_weight, reconstruction_weight: the two terms' weights (>= 0, not both 0).
+        reconstruction_norm: a key of :data:`NORMS`.
+        map_sigma: Gaussian smoothing of the anomaly map (pixels); 0 = raw per-pixel error.
+        smooth_difference: smooth the signed difference (true) or the error (false); needs
+            ``map_sigma`` > 0.
+        normalize_map: standardise each pixel by validation-normal error statistics.
+        pooling: a key of :data:`POOLINGS`.
+        top_k_fraction: the fraction of pixels ``top_k`` pooling averages.
+        image_size: side of the maps, so ``map_mean``/``map_std`` have their final shape
+            from the start (the model passes it); without it they start as broadcasting
+            1x1 identities and take the maps' shape at the first :meth:`calibrate` or
+            ``load_state_dict``. Not part of the config.
+
+    Buffers (identity / NaN until the first :meth:`calibrate`): ``threshold`` (scalar),
+    ``map_mean`` and ``map_std`` (1, 1, H, W).
     """
 
-    latent_weight: float = 1.0
-    reconstruction_weight: float = 0.0
-    reconstruction_norm: Literal["l1", "l2"] = "l2"
-    #: Gaussian smoothing of the anomaly map (pixels); 0 = raw per-pixel error.
-    map_sigma: float = 0.0
-    #: Smooth the signed difference (true) or the error (false); needs ``map_sigma`` > 0.
-    smooth_difference: bool = False
-    #: Standardise each pixel by validation-normal error statistics (module docstring).
-    normalize_map: bool = False
-    #: How the anomaly map becomes the reconstruction term: ``mean`` over all pixels (the
-    #: papers), ``max``, or ``top_k`` = mean of the highest ``top_k_fraction`` of pixels. A
-    #: small defect barely moves the mean; max / top-k of a smoothed map follows it.
-    pooling: Literal["mean", "max", "top_k"] = "mean"
-    top_k_fraction: float = 0.01
+    threshold: Tensor
+    map_mean: Tensor
+    map_std: Tensor
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        latent_weight: float = 1.0,
+        reconstruction_weight: float = 0.0,
+        reconstruction_norm: Literal["l1", "l2"] = "l2",
+        map_sigma: float = 0.0,
+        smooth_difference: bool = False,
+        normalize_map: bool = False,
+        pooling: Literal["mean", "max", "top_k"] = "mean",
+        top_k_fraction: float = 0.01,
+        *,
+        image_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.latent_weight = latent_weight
+        self.reconstruction_weight = reconstruction_weight
+        self.reconstruction_norm = reconstruction_norm
+        self.map_sigma = map_sigma
+        self.smooth_difference = smooth_difference
+        self.normalize_map = normalize_map
+        self.pooling = pooling
+        self.top_k_fraction = top_k_fraction
+        self._validate()
+        side = image_size or 1
+        self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.register_buffer("map_mean", torch.zeros(1, 1, side, side))
+        self.register_buffer("map_std", torch.ones(1, 1, side, side))
+
+    def _validate(self) -> None:
         if self.latent_weight < 0 or self.reconstruction_weight < 0:
             raise ValueError("model.scorer weights must be >= 0")
         if self.latent_weight == 0 and self.reconstruction_weight == 0:
@@ -63,14 +177,14 @@ class AnomalyScore:
                 "model.scorer: latent_weight and reconstruction_weight are both 0; "
                 "set at least one of them above 0"
             )
-        if self.reconstruction_norm not in ("l1", "l2"):
+        if self.reconstruction_norm not in NORMS:
             raise ValueError(
                 f"model.scorer.reconstruction_norm={self.reconstruction_norm!r}: "
-                "expected 'l1' or 'l2'"
+                f"expected one of {_choices(NORMS)}"
             )
-        if self.pooling not in ("mean", "max", "top_k"):
+        if self.pooling not in POOLINGS:
             raise ValueError(
-                f"model.scorer.pooling={self.pooling!r}: expected 'mean', 'max' or 'top_k'"
+                f"model.scorer.pooling={self.pooling!r}: expected one of {_choices(POOLINGS)}"
             )
         if not 0 < self.top_k_fraction <= 1:
             raise ValueError(
@@ -84,57 +198,53 @@ class AnomalyScore:
                 "(e.g. map_sigma=2)"
             )
 
+    # ------------------------------------------------------------------------ config
     @classmethod
-    def from_config(cls, config: AnomalyScore | dict[str, Any]) -> AnomalyScore:
-        if isinstance(config, cls):
-            return config
-        return cls(**{k: v for k, v in dict(config).items() if k != "_target_"})
+    def from_config(
+        cls, config: AnomalyScore | dict[str, Any], image_size: int | None = None
+    ) -> AnomalyScore:
+        """A fresh, uncalibrated scorer with ``config``'s settings (a dict or a scorer)."""
+        if isinstance(config, AnomalyScore):
+            config = config.to_config()
+        return cls(
+            **{k: v for k, v in dict(config).items() if k != "_target_"}, image_size=image_size
+        )
 
     def to_config(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as a plain dict (``hparams["scorer"]``; no tensors, no classes)."""
+        return {name: getattr(self, name) for name in FIELDS}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={getattr(self, name)!r}" for name in FIELDS)
 
     # ------------------------------------------------------------------------ the map
     def error_map(self, image: Tensor, reconstruction: Tensor) -> Tensor:
         """Per-pixel error before standardisation, (B, C, H, W) -> (B, 1, H, W)."""
+        norm = NORMS[self.reconstruction_norm]
         difference = (image - reconstruction).mean(dim=1, keepdim=True)
         if self.smooth_difference:
-            return self._norm(self._blur(difference))
-        error = self._norm(image - reconstruction).mean(dim=1, keepdim=True)
+            return norm(self._blur(difference))
+        error = norm(image - reconstruction).mean(dim=1, keepdim=True)
         return self._blur(error) if self.map_sigma > 0 else error
 
-    def standardize(
-        self, error_map: Tensor, mean: Tensor | None = None, std: Tensor | None = None
-    ) -> Tensor:
-        """(error - mean) / std per pixel when ``normalize_map``; unchanged otherwise."""
-        if not self.normalize_map or mean is None or std is None:
+    def standardize(self, error_map: Tensor) -> Tensor:
+        """(error - map_mean) / map_std per pixel when ``normalize_map``; unchanged otherwise."""
+        if not self.normalize_map:
             return error_map
-        return (error_map - mean) / std
+        return (error_map - self.map_mean) / self.map_std
 
-    def anomaly_map(
-        self,
-        image: Tensor,
-        reconstruction: Tensor,
-        mean: Tensor | None = None,
-        std: Tensor | None = None,
-    ) -> Tensor:
+    def anomaly_map(self, image: Tensor, reconstruction: Tensor) -> Tensor:
         """The map shown to users and scored against masks, (B, 1, H, W)."""
-        return self.standardize(self.error_map(image, reconstruction), mean, std)
+        return self.standardize(self.error_map(image, reconstruction))
 
     def pool(self, anomaly_map: Tensor) -> Tensor:
         """(B, 1, H, W) -> (B,): the image-level reconstruction term."""
-        pixels = anomaly_map.flatten(1)
-        if self.pooling == "mean":
-            return pixels.mean(dim=1)
-        if self.pooling == "max":
-            return pixels.amax(dim=1)
-        k = max(1, round(self.top_k_fraction * pixels.shape[1]))
-        return pixels.topk(k, dim=1).values.mean(dim=1)
+        return POOLINGS[self.pooling](anomaly_map.flatten(1), self.top_k_fraction)
 
-    @staticmethod
-    def latent_distance(latent_in: Tensor, latent_out: Tensor) -> Tensor:
-        return (latent_in - latent_out).flatten(1).square().mean(dim=1)
+    latent_distance = staticmethod(latent_distance)
 
-    def combine(self, latent_distance: Tensor, anomaly_map: Tensor) -> Tensor:
+    # ---------------------------------------------------------------------- the score
+    def score(self, latent_distance: Tensor, anomaly_map: Tensor) -> Tensor:
         """One score per image from its latent distance (B,) and anomaly map (B, 1, H, W)."""
         score = latent_distance.new_zeros(latent_distance.shape[0])
         if self.latent_weight:
@@ -143,25 +253,84 @@ class AnomalyScore:
             score = score + self.reconstruction_weight * self.pool(anomaly_map)
         return score
 
-    def __call__(
-        self,
-        image: Tensor,
-        reconstruction: Tensor,
-        latent_in: Tensor,
-        latent_out: Tensor,
-        mean: Tensor | None = None,
-        std: Tensor | None = None,
+    def score_error_maps(self, error_maps: Tensor, latent_distance: Tensor | None = None) -> Tensor:
+        """Scores (B,) from raw :meth:`error_map` output (standardised here); no latent
+        term when ``latent_distance`` is None (a reconstruction without latent codes)."""
+        if latent_distance is None:
+            latent_distance = error_maps.new_zeros(error_maps.shape[0])
+        return self.score(latent_distance, self.standardize(error_maps))
+
+    def forward(
+        self, image: Tensor, reconstruction: Tensor, latent_in: Tensor, latent_out: Tensor
     ) -> Tensor:
         """One score per image, (B,); larger means more anomalous."""
-        return self.combine(
-            self.latent_distance(latent_in, latent_out),
-            self.anomaly_map(image, reconstruction, mean, std),
+        return self.score(
+            self.latent_distance(latent_in, latent_out), self.anomaly_map(image, reconstruction)
         )
 
-    # ---------------------------------------------------------------------- helpers
-    def _norm(self, difference: Tensor) -> Tensor:
-        return difference.square() if self.reconstruction_norm == "l2" else difference.abs()
+    # -------------------------------------------------------------------- calibration
+    @torch.no_grad()
+    def calibrate(
+        self, error_maps: Tensor, latent_distances: Tensor, threshold_quantile: float
+    ) -> Tensor:
+        """Map statistics and threshold from validation normals, in that order.
 
+        ``error_maps`` (N, 1, H, W) are :meth:`error_map` outputs and ``latent_distances``
+        (N,) the latent distances of the same N normal images (any leading dimensions, e.g.
+        of an ``all_gather``, are flattened). With ``normalize_map`` the statistics come
+        from the even-numbered images and the threshold from the odd-numbered ones, so the
+        threshold is not set on images that standardised themselves (their scores would be
+        optimistically low). Returns the scores the threshold was taken from.
+        """
+        maps = error_maps.reshape(-1, *error_maps.shape[-3:])
+        latent = latent_distances.flatten()
+        if self.normalize_map and maps.shape[0] >= 4:
+            reference, held_out = maps[0::2], slice(1, None, 2)
+            self._store("map_mean", reference.mean(dim=0, keepdim=True))
+            spread = reference.std(dim=0, keepdim=True)
+            # A floor keeps pixels that never vary (padding, saturation) from exploding.
+            self._store("map_std", spread.clamp_min(spread.mean().clamp_min(1e-8) * 0.1))
+            maps, latent = maps[held_out], latent[held_out]
+        scores = self.score(latent, self.standardize(maps))
+        self.threshold.fill_(threshold_from_normals(scores, threshold_quantile))
+        return scores
+
+    def map_scale(self) -> float | None:
+        """The anomaly-map value an overlay colours full red, or None (each overlay by its
+        own maximum).
+
+        ``threshold / reconstruction_weight``: the mean per-pixel error at which the score's
+        reconstruction term alone reaches the decision threshold. None when the score has no
+        reconstruction term (the map is then not on the score's scale) or no threshold.
+        """
+        weight = float(self.reconstruction_weight)
+        threshold = float(self.threshold)
+        if weight > 0 and math.isfinite(threshold) and threshold > 0:
+            return threshold / weight
+        return None
+
+    # ---------------------------------------------------------------------- helpers
     def _blur(self, values: Tensor) -> Tensor:
         kernel = 2 * math.ceil(3 * self.map_sigma) + 1
         return gaussian_blur(values, [kernel, kernel], [self.map_sigma, self.map_sigma])
+
+    def _store(self, name: str, value: Tensor) -> None:
+        """Write a statistic into its buffer: in place (the buffer object, which DDP holds on
+        to, stays the same), or replaced by a copy when a scorer built without
+        ``image_size`` meets its first maps."""
+        buffer = getattr(self, name)
+        if buffer.shape == value.shape:
+            buffer.copy_(value)
+            return
+        with torch.inference_mode(False):  # a normal tensor, loadable in place later
+            setattr(self, name, value.to(buffer.dtype).clone())
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # A scorer built without image_size takes the checkpoint's map shape.
+        for name in ("map_mean", "map_std"):
+            incoming = state_dict.get(prefix + name)
+            own = self._buffers[name]
+            resize = incoming is not None and own is not None and own.numel() == 1
+            if resize and incoming.shape != own.shape:
+                self._buffers[name] = own.new_empty(incoming.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args)

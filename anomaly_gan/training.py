@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from anomaly_gan import resolvers as _resolvers  # noqa: F401  (registers the ${ag.*} resolvers)
-from anomaly_gan.evaluation.artifacts import write_test_artifacts
+from anomaly_gan.evaluation.evaluator import TestEvaluator
 from anomaly_gan.evaluation.results import (
     IMAGE_METRICS,
     RESULTS_FILE,
@@ -207,20 +207,24 @@ def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     return None
 
 
-def _test_trainer(cfg: DictConfig, trainer: L.Trainer) -> L.Trainer:
-    """A single-device trainer for testing after distributed training.
+def _test_trainer(cfg: DictConfig, trainer: L.Trainer, evaluator: TestEvaluator) -> L.Trainer:
+    """The trainer that tests, with ``evaluator`` among its callbacks.
 
-    Distributed test loops shard (and pad) the test set across ranks; metrics such as
-    AUROC need every score in one place, so the test runs once, on global rank 0.
+    After single-device training, the training trainer. After distributed training, a
+    single-device one: distributed test loops shard (and pad) the test set across ranks;
+    metrics such as AUROC need every score in one place, so the test runs once, on global
+    rank 0.
     """
     if trainer.world_size == 1:
+        if evaluator not in trainer.callbacks:
+            trainer.callbacks.append(evaluator)
         return trainer
     return hydra.utils.instantiate(
         cfg.trainer,
         devices=1,
         num_nodes=1,
         strategy="auto",
-        callbacks=[],
+        callbacks=[evaluator],
         logger=trainer.loggers or False,
         plugins=[LightningEnvironment()],
     )
@@ -283,7 +287,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             writes_results = False
             return results
         ckpt_path, results["checkpoint"] = _choose_checkpoint(trainer, cfg.test_checkpoint)
-        _test_trainer(cfg, trainer).test(
+        evaluator = TestEvaluator(run_dir)
+        _test_trainer(cfg, trainer, evaluator).test(
             model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False
         )
         results["threshold"] = {
@@ -293,8 +298,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "n_validation": len(datamodule.val_samples),
         }
         results["n_train"] = len(datamodule.train_samples)
-        results["categories"] = model.test_results
-        results["artifacts"] = write_test_artifacts(model, datamodule, run_dir)
+        results["categories"] = evaluator.results
+        results["artifacts"] = evaluator.artifacts
         _log_to_wandb(trainer, results, run_dir)
         results["status"] = "completed"
     except BaseException as error:

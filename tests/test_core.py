@@ -189,3 +189,93 @@ def test_dcgan_init_applies_to_linear_and_skips_parameterless() -> None:
     dcgan_init(layer)
     assert 0.015 < float(layer.weight.std()) < 0.025 and torch.all(layer.bias == 0)
     dcgan_init(torch.nn.ReLU())  # no parameters: nothing to do, no error
+
+
+# ------------------------------------------------------------------------------ the scorer
+def test_scorer_buffers_are_model_state() -> None:
+    model = Ganomaly(image_size=32, channels=3)
+    state = model.state_dict()
+    assert tuple(state["scorer.map_mean"].shape) == (1, 1, 32, 32)
+    assert tuple(state["scorer.map_std"].shape) == (1, 1, 32, 32)
+    assert math.isnan(float(state["scorer.threshold"]))
+    assert not {"threshold", "map_mean", "map_std"} & set(state)
+    assert model.threshold is model.scorer.threshold
+    assert model.hparams["scorer"] == model.scorer.to_config()
+    assert type(model.hparams["scorer"]) is dict
+    # Each model owns its scorer: calibrating one leaves the class default untouched.
+    model.scorer.threshold.fill_(1.0)
+    assert math.isnan(float(Ganomaly(image_size=32, channels=3).threshold))
+
+
+def test_scorer_calibrate_even_odd_split() -> None:
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(9, 1, 4, 4, generator=generator)
+    latent = torch.rand(9, generator=generator)
+    scorer = AnomalyScore(0.5, 1.0, "l1", normalize_map=True, image_size=4)
+    scores = scorer.calibrate(maps, latent, 0.9)
+    # Statistics from the even-numbered images, threshold from the odd-numbered ones.
+    reference = maps[0::2]
+    spread = reference.std(dim=0, keepdim=True)
+    std = spread.clamp_min(spread.mean() * 0.1)
+    torch.testing.assert_close(scorer.map_mean, reference.mean(dim=0, keepdim=True))
+    torch.testing.assert_close(scorer.map_std, std)
+    held_out = (maps[1::2] - scorer.map_mean) / std
+    expected = 0.5 * latent[1::2] + held_out.flatten(1).mean(dim=1)
+    torch.testing.assert_close(scores, expected)
+    assert float(scorer.threshold) == pytest.approx(
+        float(torch.quantile(expected.double(), 0.9)), rel=1e-6
+    )
+    assert scorer.map_scale() == pytest.approx(float(scorer.threshold))  # weight 1
+
+    # Without standardisation every image sets the threshold and the maps stay identity.
+    plain = AnomalyScore(0.0, 2.0, "l1", image_size=4)
+    assert plain.calibrate(maps, latent, 0.9).shape == (9,)
+    assert torch.equal(plain.map_mean, torch.zeros(1, 1, 4, 4))
+    assert plain.map_scale() == pytest.approx(float(plain.threshold) / 2)
+    # A latent-only score has no map scale.
+    assert AnomalyScore().map_scale() is None
+
+
+def test_scorer_without_image_size_takes_the_maps_shape() -> None:
+    maps = torch.rand(8, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    scorer = AnomalyScore(0.0, 1.0, "l1", normalize_map=True)
+    assert tuple(scorer.map_mean.shape) == (1, 1, 1, 1)  # broadcasting identity
+    scorer.calibrate(maps, torch.zeros(8), 0.95)
+    assert tuple(scorer.map_mean.shape) == (1, 1, 6, 6)
+    fresh = AnomalyScore(0.0, 1.0, "l1", normalize_map=True)
+    fresh.load_state_dict(scorer.state_dict())
+    assert torch.equal(fresh.map_std, scorer.map_std)
+    assert torch.equal(fresh.threshold, scorer.threshold)
+
+
+@pytest.mark.parametrize("drop_map_stats", [False, True], ids=["legacy", "pre_standardisation"])
+def test_checkpoints_with_top_level_scorer_buffers_still_load(
+    tmp_path: Path, drop_map_stats: bool
+) -> None:
+    scorer = AnomalyScore(0, 1, "l1", map_sigma=1, normalize_map=True)
+    model = Ganomaly(image_size=32, channels=3, scorer=scorer)
+    loader = DataLoader(RandomImages(n=16), batch_size=8)
+    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=2)
+    trainer.fit(model, loader, loader)
+    current = tmp_path / "current.ckpt"
+    trainer.save_checkpoint(current)
+    # Rewrite it as an older version wrote it: the buffers at the top of the state dict.
+    checkpoint = torch.load(current, weights_only=True)
+    state = checkpoint["state_dict"]
+    for name in ("threshold", "map_mean", "map_std"):
+        value = state.pop(f"scorer.{name}")
+        if name == "threshold" or not drop_map_stats:
+            state[name] = value
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+
+    restored = Ganomaly.load_from_checkpoint(old, weights_only=True).eval()
+    assert float(restored.threshold) == float(model.threshold)
+    if drop_map_stats:  # identity statistics, as before map standardisation existed
+        assert torch.equal(restored.scorer.map_mean, torch.zeros(1, 1, 32, 32))
+        assert torch.equal(restored.scorer.map_std, torch.ones(1, 1, 32, 32))
+    else:
+        assert torch.equal(restored.scorer.map_mean, model.scorer.map_mean)
+        images = next(iter(loader))["image"]
+        with torch.no_grad():
+            torch.testing.assert_close(restored(images), model.eval()(images))

@@ -99,12 +99,14 @@ def test_signed_smoothing_cancels_texture_noise_but_keeps_a_dark_spot() -> None:
     assert signed[..., 16, 16] > 0.2
 
 
-def test_standardised_map_uses_the_given_statistics() -> None:
-    scorer = AnomalyScore(0, 1, "l1", normalize_map=True, pooling="max")
+def test_standardised_map_uses_the_scorer_statistics() -> None:
+    scorer = AnomalyScore(0, 1, "l1", normalize_map=True, pooling="max", image_size=4)
     image, reconstruction = torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
-    mean, std = torch.full((1, 1, 4, 4), 0.5), torch.full((1, 1, 4, 4), 0.25)
-    assert torch.allclose(scorer.anomaly_map(image, reconstruction, mean, std), torch.tensor(2.0))
-    assert torch.allclose(scorer(image, reconstruction, image, image, mean, std), torch.tensor(2.0))
+    assert torch.equal(scorer.anomaly_map(image, reconstruction), image)  # identity until set
+    scorer.map_mean.fill_(0.5)
+    scorer.map_std.fill_(0.25)
+    assert torch.allclose(scorer.anomaly_map(image, reconstruction), torch.tensor(2.0))
+    assert torch.allclose(scorer(image, reconstruction, image, image), torch.tensor(2.0))
     with pytest.raises(ValueError, match="smooth_difference=true needs"):
         AnomalyScore(0, 1, smooth_difference=True)
 
@@ -115,12 +117,14 @@ def test_validation_sets_map_statistics_that_travel_in_the_checkpoint(tmp_path: 
     loader = DataLoader(RandomImages(n=16), batch_size=8)
     trainer = _trainer(tmp_path, max_steps=4, limit_val_batches=2)
     trainer.fit(model, loader, loader)
-    assert not torch.equal(model.map_mean, torch.zeros_like(model.map_mean))
-    assert bool((model.map_std > 0).all()) and torch.isfinite(model.threshold)
+    stats = model.scorer
+    assert not torch.equal(stats.map_mean, torch.zeros_like(stats.map_mean))
+    assert bool((stats.map_std > 0).all()) and torch.isfinite(model.threshold)
     checkpoint = tmp_path / "model.ckpt"
     trainer.save_checkpoint(checkpoint)
     loaded = load_model(checkpoint).model
-    assert torch.equal(loaded.map_mean, model.map_mean)
+    assert torch.equal(loaded.scorer.map_mean, stats.map_mean)
+    assert torch.equal(loaded.scorer.map_std, stats.map_std)
     images = next(iter(loader))["image"]
     with torch.no_grad():
         assert torch.allclose(loaded(images), model.eval()(images))

@@ -51,7 +51,7 @@ def test_train_writes_valid_results_json(tmp_path: Path, cache_dir: Path) -> Non
     checkpoint = Path(results["checkpoint"]["path"])
     assert results["checkpoint"]["monitor"] == "val/con" and checkpoint.is_file()
     state = torch.load(checkpoint, weights_only=True)
-    assert float(state["state_dict"]["threshold"]) == results["threshold"]["value"]
+    assert float(state["state_dict"]["scorer.threshold"]) == results["threshold"]["value"]
     assert state["datamodule_hyper_parameters"]["image_size"] == 32
 
     # The table is printed and the metrics are logged.

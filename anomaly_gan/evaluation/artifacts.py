@@ -1,14 +1,23 @@
-"""Per-run figures written next to ``results.json`` (and handed to loggers such as W&B)."""
+"""Per-run figures written next to ``results.json`` (and handed to loggers such as W&B).
+
+The sample grid shows the best and worst cases of a test set: the lowest- and
+highest-scored normals and anomalies. :class:`ExtremeSamples` keeps them while the test
+loop runs (a few candidate rows per group), so nothing is read or scored a second time.
+"""
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from torch import Tensor
 
-from anomaly_gan.data import AnomalyImageDataset, denormalize
+from anomaly_gan.data import denormalize
+from anomaly_gan.evaluation.collected_outputs import CollectedOutputs
 from anomaly_gan.evaluation.plots import (
     SampleRow,
     plot_confusion_matrix,
@@ -16,86 +25,141 @@ from anomaly_gan.evaluation.plots import (
     plot_sample_grid,
     plot_score_histogram,
 )
-from anomaly_gan.evaluation.test_set import TestSetOutputs
 
 PLOTS_DIR = "plots"
+GROUPS = ((0, "normal"), (1, "anomalous"))
 
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def _extremes(scores: torch.Tensor, labels: torch.Tensor, per_group: int) -> list[tuple[str, int]]:
-    """Highest- and lowest-scored normals and anomalies: the best and worst cases."""
-    chosen: list[tuple[str, int]] = []
-    for label, name in ((0, "normal"), (1, "anomalous")):
-        indices = torch.nonzero(labels == label).flatten()
-        if indices.numel() == 0:
-            continue
-        order = indices[torch.argsort(scores[indices])]
-        low, high = order[:per_group].tolist(), order.flip(0)[:per_group].tolist()
-        best, worst = (low, high) if label == 0 else (high, low)
-        chosen += [(f"{name}, best", i) for i in best]
-        chosen += [(f"{name}, worst", i) for i in worst if i not in best]
-    return chosen
+@dataclass
+class _Candidate:
+    """One image that may end up in the sample grid (CPU tensors, model input scale)."""
+
+    score: float
+    index: int  # position in the test set: ties are broken by it
+    defect_type: str
+    image: Tensor  # (C, H, W)
+    reconstruction: Tensor  # (C, H, W)
+    anomaly_map: Tensor  # (H, W)
+    mask: Tensor | None  # (H, W); None for normal images
+
+    @property
+    def key(self) -> tuple[float, int]:
+        return _key(self.score, self.index)
 
 
-@torch.no_grad()
-def sample_rows(
-    model: Any, datamodule: Any, category: str, outputs: TestSetOutputs, per_group: int = 2
-) -> list[SampleRow]:
-    """Re-score the few images shown (cheaper than keeping every map of the test set)."""
-    samples = {str(s.image_path): s for s in datamodule.test_samples[category]}
-    scores, labels = outputs.all_scores, outputs.all_labels
-    picked = _extremes(scores, labels, per_group)
-    dataset = AnomalyImageDataset(
-        [samples[outputs.image_paths[i]] for _, i in picked],
-        datamodule.image_size,
-        datamodule.channels,
-        normalization=getattr(datamodule, "normalization", "fixed"),
-    )
-    rows: list[SampleRow] = []
-    was_training = model.training
-    model.eval()
-    for (title, index), item in zip(picked, dataset, strict=True):
-        image = item["image"].unsqueeze(0).to(model.device)
-        score, output, anomaly_map = model.score_with_map(image)
-        as_numpy = lambda t: denormalize(t[0]).permute(1, 2, 0).clamp(0, 1).cpu().numpy()  # noqa: E731
-        rows.append(
+class ExtremeSamples:
+    """Streaming choice of the ``per_group`` lowest- and highest-scored normals and anomalies.
+
+    Fed batch by batch with the model's ``test_step`` outputs; holds at most
+    ``4 * per_group`` images. :meth:`rows` orders them as the grid shows them: per group
+    (normal, anomalous) the best cases, then the worst ones not already shown (a normal is
+    best when scored low, an anomaly when scored high).
+    """
+
+    def __init__(self, per_group: int = 2) -> None:
+        self.per_group = per_group
+        self.seen = 0
+        # label -> (ascending lowest, descending highest)
+        self._low: dict[int, list[_Candidate]] = {label: [] for label, _ in GROUPS}
+        self._high: dict[int, list[_Candidate]] = {label: [] for label, _ in GROUPS}
+
+    def add(self, outputs: Mapping[str, Any]) -> None:
+        scores = outputs["scores"].detach().float().cpu().tolist()
+        labels = outputs["labels"].detach().long().cpu().tolist()
+        first, made = self.seen, {}
+        self.seen += len(scores)
+
+        def candidate(position: int) -> _Candidate:
+            if position not in made:
+                made[position] = _Candidate(
+                    score=scores[position],
+                    index=first + position,
+                    defect_type=str(outputs["defect_types"][position]),
+                    image=outputs["images"][position].detach().float().cpu(),
+                    reconstruction=outputs["reconstructions"][position].detach().float().cpu(),
+                    anomaly_map=outputs["anomaly_maps"][position, 0].detach().float().cpu(),
+                    mask=(
+                        outputs["masks"][position, 0].detach().float().cpu()
+                        if labels[position]
+                        else None
+                    ),
+                )
+            return made[position]
+
+        for label, _ in GROUPS:
+            fresh = [
+                (_key(score, first + i), i)
+                for i, (score, own) in enumerate(zip(scores, labels, strict=True))
+                if own == label
+            ]
+            if not fresh:
+                continue
+            for kept, highest in ((self._low, False), (self._high, True)):
+                pool = [(c.key, c) for c in kept[label]] + fresh
+                pool.sort(key=lambda entry: entry[0], reverse=highest)
+                kept[label] = [
+                    entry if isinstance(entry, _Candidate) else candidate(entry)
+                    for _, entry in pool[: self.per_group]
+                ]
+
+    def rows(self) -> list[SampleRow]:
+        chosen: list[tuple[str, _Candidate]] = []
+        for label, name in GROUPS:
+            low, high = self._low[label], self._high[label]
+            best, worst = (low, high) if label == 0 else (high, low)
+            shown = {c.index for c in best}
+            chosen += [(f"{name}, best", c) for c in best]
+            chosen += [(f"{name}, worst", c) for c in worst if c.index not in shown]
+        as_numpy = lambda t: denormalize(t).permute(1, 2, 0).clamp(0, 1).numpy()  # noqa: E731
+        return [
             SampleRow(
-                title=f"{title}\n{item['defect_type']} {float(score):.4g}",
-                image=as_numpy(image),
-                reconstruction=as_numpy(output.reconstruction),
-                anomaly_map=anomaly_map[0, 0].cpu().numpy(),
-                mask=item["mask"][0].numpy() if labels[index] else None,
+                title=f"{title}\n{c.defect_type} {c.score:.4g}",
+                image=as_numpy(c.image),
+                reconstruction=as_numpy(c.reconstruction),
+                anomaly_map=c.anomaly_map.numpy(),
+                mask=None if c.mask is None else c.mask.numpy(),
             )
-        )
-    model.train(was_training)
-    return rows
+            for title, c in chosen
+        ]
 
 
-def write_test_artifacts(model: Any, datamodule: Any, run_dir: Path) -> dict[str, dict[str, str]]:
-    """ROC, score histogram, confusion matrix and sample grid for every test category."""
-    written: dict[str, dict[str, str]] = {}
-    threshold = float(model.threshold)
-    for category, outputs in model.test_outputs.items():
-        metrics = model.test_results[category]
-        folder = run_dir / PLOTS_DIR / _safe(category)
-        scores, labels = outputs.all_scores, outputs.all_labels
-        files: dict[str, Path] = {}
-        if metrics.get("auroc") is not None:
-            files["roc"] = plot_roc(scores, labels, folder / "roc.png", f"{category}: ROC")
-        files["histogram"] = plot_score_histogram(
-            scores, labels, threshold, folder / "score_histogram.png", f"{category}: scores"
+def _key(score: float, index: int) -> tuple[float, int]:
+    """Sort key of an image: its score (NaN as the highest, where torch.sort puts it), then
+    its position in the test set."""
+    return (math.inf if math.isnan(score) else score, index)
+
+
+def write_test_artifacts(
+    run_dir: Path,
+    category: str,
+    metrics: Mapping[str, Any],
+    outputs: CollectedOutputs,
+    samples: ExtremeSamples | None,
+    threshold: float,
+) -> dict[str, str]:
+    """ROC, score histogram, confusion matrix and sample grid of one test set.
+
+    Returns the files written, relative to ``run_dir`` (``results.json``'s ``artifacts``).
+    """
+    folder = run_dir / PLOTS_DIR / _safe(category)
+    scores, labels = outputs.all_scores, outputs.all_labels
+    files: dict[str, Path] = {}
+    if metrics.get("auroc") is not None:
+        files["roc"] = plot_roc(scores, labels, folder / "roc.png", f"{category}: ROC")
+    files["histogram"] = plot_score_histogram(
+        scores, labels, threshold, folder / "score_histogram.png", f"{category}: scores"
+    )
+    files["confusion_matrix"] = plot_confusion_matrix(
+        metrics.get("confusion_matrix"), folder / "confusion_matrix.png", category
+    )
+    rows = samples.rows() if samples is not None else []
+    if rows:
+        map_max = max(float(row.anomaly_map.max()) for row in rows) or 1.0
+        files["samples"] = plot_sample_grid(
+            rows, folder / "samples.png", f"{category}: best and worst cases", map_max
         )
-        files["confusion_matrix"] = plot_confusion_matrix(
-            metrics.get("confusion_matrix"), folder / "confusion_matrix.png", category
-        )
-        rows = sample_rows(model, datamodule, category, outputs)
-        if rows:
-            map_max = max(float(row.anomaly_map.max()) for row in rows) or 1.0
-            files["samples"] = plot_sample_grid(
-                rows, folder / "samples.png", f"{category}: best and worst cases", map_max
-            )
-        written[category] = {key: str(path.relative_to(run_dir)) for key, path in files.items()}
-    return written
+    return {key: str(path.relative_to(run_dir)) for key, path in files.items()}

@@ -25,19 +25,6 @@ from torchmetrics.functional.classification import (
 )
 
 
-def threshold_from_normals(normal_scores: Tensor, quantile: float) -> float:
-    """Decision threshold: the ``quantile`` of anomaly scores of held-out *normal* images.
-
-    Needs no anomalous image and never looks at test labels; ``quantile=0.95`` expects
-    about 5% false alarms on normal parts.
-    """
-    if not 0.0 < quantile <= 1.0:
-        raise ValueError(f"model.threshold_quantile must be in (0, 1], got {quantile}")
-    if normal_scores.numel() == 0:
-        return math.nan
-    return float(torch.quantile(normal_scores.double().flatten(), quantile))
-
-
 def _unit_interval(scores: Tensor) -> Tensor:
     low, high = scores.min(), scores.max()
     if high <= low:

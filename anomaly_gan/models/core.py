@@ -2,7 +2,11 @@
 
 An architecture subclasses :class:`GanAnomalyModule`, builds ``self.generator`` and
 ``self.discriminator`` in its ``__init__`` and implements :meth:`generate` (what its
-generator returns). Training, validation, thresholding, testing and logging live here once.
+generator returns). Training, validation and logging live here once; the scorer
+(:class:`~anomaly_gan.scoring.AnomalyScore`, ``self.scorer``) owns the score, its state and
+its calibration on validation normals. Test metrics and figures belong to the evaluation
+callback that training adds to the test run; it receives what
+:meth:`GanAnomalyModule.test_step` returns and nothing else.
 
 The manual step follows Lightning's GAN example and the GANomaly reference:
 
@@ -18,7 +22,6 @@ The manual step follows Lightning's GAN example and the GANomaly reference:
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,13 +30,14 @@ import torch
 from torch import Tensor, nn
 
 from anomaly_gan.corruption import SyntheticDefects
-from anomaly_gan.evaluation.metrics import threshold_from_normals
-from anomaly_gan.evaluation.test_set import TestSetOutputs
 from anomaly_gan.losses import GeneratorLoss, discriminator_loss, distance
 from anomaly_gan.nets.init import dcgan_init
 from anomaly_gan.scoring import AnomalyScore
 
 log = logging.getLogger(__name__)
+
+#: Scorer buffers that checkpoints from before the scorer was a module keep at top level.
+LEGACY_SCORER_BUFFERS = ("threshold", "map_mean", "map_std")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,7 +65,9 @@ class GanAnomalyModule(L.LightningModule):
         image_size: side of the square input; comes from ``data.image_size``.
         channels: 1 or 3; comes from ``data.channels``.
         loss: generator objective (``loss`` config group).
-        scorer: how a test image becomes an anomaly score (``model/scorer`` group).
+        scorer: how a test image becomes an anomaly score (``model/scorer`` group); the
+            model builds its own scorer module from these settings (a given scorer's
+            calibration is not copied).
         lr, betas: Adam settings shared by both optimizers (GANomaly: 2e-4, (0.5, 0.999)).
         d_reinit_floor: re-initialise D when its loss falls below this; 0 disables.
         threshold_quantile: decision threshold = this quantile of validation-normal scores.
@@ -97,33 +103,37 @@ class GanAnomalyModule(L.LightningModule):
             )
         self.automatic_optimization = False
         self.loss_fn = GeneratorLoss.from_config(loss) if loss else self.default_loss
-        self.scorer = AnomalyScore.from_config(scorer) if scorer else self.default_scorer
+        # Its buffers (decision threshold, per-pixel statistics of validation normals for
+        # ``model.scorer.normalize_map``; NaN / identity until the first validation) travel
+        # inside the checkpoint with the weights they were computed for.
+        self.scorer = AnomalyScore.from_config(scorer or self.default_scorer, image_size)
         self.corruption = SyntheticDefects.from_config(corruption) if corruption else None
         self.save_hyperparameters(ignore=["loss", "scorer", "corruption"])
         # Plain dicts, so checkpoints reload without unpickling our classes.
         self.hparams["loss"] = self.loss_fn.to_config()
         self.hparams["scorer"] = self.scorer.to_config()
         self.hparams["corruption"] = self.corruption.to_config() if self.corruption else None
-        # Travel inside the checkpoint with the weights they were computed for: the decision
-        # threshold and the per-pixel error statistics of validation normals
-        # (``model.scorer.normalize_map``; identity until the first validation).
-        self.register_buffer("threshold", torch.tensor(float("nan")))
-        self.register_buffer("map_mean", torch.zeros(1, 1, image_size, image_size))
-        self.register_buffer("map_std", torch.ones(1, 1, image_size, image_size))
         self.generator: nn.Module
         self.discriminator: nn.Module
         self.d_reinit_count = 0
-        self.test_results: dict[str, dict[str, Any]] = {}
-        self.test_outputs: dict[str, TestSetOutputs] = {}
         self._val_maps: list[Tensor] = []
         self._val_latent: list[Tensor] = []
-        self._test_sets: dict[int, TestSetOutputs] = defaultdict(TestSetOutputs)
+
+    @property
+    def threshold(self) -> Tensor:
+        """The decision threshold (scalar buffer of the scorer; NaN before validation)."""
+        return self.scorer.threshold
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Checkpoints from before map standardisation lack its buffers: use the identity."""
+        """Read older checkpoints: their scorer buffers sit at the top of the state dict
+        (``threshold``, ``map_mean``, ``map_std``, from before the scorer was a module), and
+        those from before map standardisation lack ``map_mean``/``map_std`` (identity)."""
         state = checkpoint.get("state_dict", {})
-        for name, value in (("map_mean", self.map_mean), ("map_std", self.map_std)):
-            state.setdefault(name, value.detach().clone())
+        for name in LEGACY_SCORER_BUFFERS:
+            if name in state:
+                state.setdefault(f"scorer.{name}", state.pop(name))
+        for name in ("map_mean", "map_std"):
+            state.setdefault(f"scorer.{name}", getattr(self.scorer, name).detach().clone())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Name the architecture class, so inference rebuilds the model from the file alone."""
@@ -172,12 +182,12 @@ class GanAnomalyModule(L.LightningModule):
         latent_in, latent_out = self.latent_pair(image, output)
         anomaly_map = self.anomaly_map(image, output.reconstruction)
         latent_distance = self.scorer.latent_distance(latent_in, latent_out)
-        scores = self.scorer.combine(latent_distance, anomaly_map)
+        scores = self.scorer.score(latent_distance, anomaly_map)
         return scores, output, anomaly_map
 
     def anomaly_map(self, image: Tensor, reconstruction: Tensor) -> Tensor:
         """The per-pixel map of the score (standardised when the scorer says so)."""
-        return self.scorer.anomaly_map(image, reconstruction, self.map_mean, self.map_std)
+        return self.scorer.anomaly_map(image, reconstruction)
 
     def forward(self, image: Tensor) -> Tensor:
         """Anomaly score per image; call in eval mode (as Lightning's loops do)."""
@@ -301,54 +311,38 @@ class GanAnomalyModule(L.LightningModule):
         )
 
     def on_validation_epoch_end(self) -> None:
-        """Map statistics and threshold from the validation normals, in that order.
+        """Calibrate the scorer on the validation normals (:meth:`AnomalyScore.calibrate`).
 
-        With ``normalize_map`` the statistics come from the even-numbered validation images
-        and the threshold from the odd-numbered ones, so the threshold is not set on
-        images that standardised themselves (their scores would be optimistically low).
         Runs before ModelCheckpoint saves, so each checkpoint carries its own values.
         """
         if not self._val_maps:
             return
         maps = self.all_gather(torch.cat(self._val_maps))
         latent = self.all_gather(torch.cat(self._val_latent))
-        maps = maps.reshape(-1, *maps.shape[-3:])
-        latent = latent.flatten()
-        if self.scorer.normalize_map and maps.shape[0] >= 4:
-            reference, held_out = maps[0::2], slice(1, None, 2)
-            self.map_mean.copy_(reference.mean(dim=0, keepdim=True))
-            spread = reference.std(dim=0, keepdim=True)
-            # A floor keeps pixels that never vary (padding, saturation) from exploding.
-            self.map_std.copy_(spread.clamp_min(spread.mean().clamp_min(1e-8) * 0.1))
-            maps, latent = maps[held_out], latent[held_out]
-        scores = self.scorer.combine(
-            latent, self.scorer.standardize(maps, self.map_mean, self.map_std)
-        )
-        self.threshold.fill_(threshold_from_normals(scores, self.hparams.threshold_quantile))
+        scores = self.scorer.calibrate(maps, latent, self.hparams.threshold_quantile)
         self.log("val/score", scores.mean())
         self.log("val/threshold", self.threshold.float())
         self._val_maps, self._val_latent = [], []
 
     # ----------------------------------------------------------------------------- test
-    def on_test_epoch_start(self) -> None:
-        self._test_sets = defaultdict(TestSetOutputs)
-        self.test_results, self.test_outputs = {}, {}
+    def test_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Any]:
+        """Score a test batch once; what it returns is all the evaluation callback sees.
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        Per image: ``scores`` (B,), ``anomaly_maps`` (B, 1, H, W), ``labels`` (B,),
+        ``masks`` (B, 1, H, W), ``defect_types`` and ``image_paths`` (lists of B), and for
+        the sample grid ``images`` and ``reconstructions`` (B, C, H, W, model input scale).
+        """
         image = batch["image"]
-        scores, _, maps = self.score_with_map(image)
-        self._test_sets[dataloader_idx].add(scores, batch, maps)
-
-    def on_test_epoch_end(self) -> None:
-        """Metrics per test set (one per test category), logged as test/<category>/<metric>."""
-        names = list(getattr(self.trainer.datamodule, "test_category_names", []) or [])
-        threshold = float(self.threshold)
-        for index in sorted(self._test_sets):
-            name = names[index] if index < len(names) else f"test_{index}"
-            outputs = self._test_sets[index]
-            metrics = outputs.evaluate(threshold)
-            self.test_results[name], self.test_outputs[name] = metrics, outputs
-            for key, value in metrics.items():
-                if isinstance(value, float):
-                    self.log(f"test/{name}/{key}", value)
-        self._test_sets = defaultdict(TestSetOutputs)
+        scores, output, maps = self.score_with_map(image)
+        return {
+            "scores": scores,
+            "anomaly_maps": maps,
+            "labels": batch["label"],
+            "masks": batch["mask"],
+            "defect_types": list(batch["defect_type"]),
+            "image_paths": [str(path) for path in batch["image_path"]],
+            "images": image,
+            "reconstructions": output.reconstruction,
+        }

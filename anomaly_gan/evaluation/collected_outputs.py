@@ -1,7 +1,8 @@
-"""Everything a test pass yields for one test set, and the metrics computed from it."""
+"""What the test loop yields for one test set, collected batch by batch, and its metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,11 +14,12 @@ from anomaly_gan.evaluation.metrics import image_metrics, metrics_by_defect_type
 
 
 @dataclass
-class TestSetOutputs:
+class CollectedOutputs:
     """Per-image scores and labels of one test set, plus anomaly maps while needed.
 
-    Maps are kept as float16 on the CPU (half the memory) and only until the pixel metrics
-    are computed; the few maps the sample grid shows are recomputed from the images.
+    Fed with what the model's ``test_step`` returns (``scores``, ``labels``,
+    ``defect_types``, ``image_paths``, ``anomaly_maps``, ``masks``). Maps are kept as float16
+    on the CPU (half the memory) and only until the pixel metrics are computed.
     """
 
     scores: list[Tensor] = field(default_factory=list)
@@ -27,13 +29,16 @@ class TestSetOutputs:
     maps: list[Tensor] = field(default_factory=list)
     masks: list[Tensor] = field(default_factory=list)
 
-    def add(self, scores: Tensor, batch: dict[str, Any], maps: Tensor) -> None:
-        self.scores.append(scores.detach().float().cpu())
-        self.labels.append(batch["label"].detach().long().cpu())
-        self.defect_types.extend(batch["defect_type"])
-        self.image_paths.extend(str(path) for path in batch["image_path"])
-        self.maps.append(maps.detach().to(torch.float16).cpu())
-        self.masks.append(batch["mask"].detach().to(torch.bool).cpu())
+    def add(self, outputs: Mapping[str, Any]) -> None:
+        self.scores.append(outputs["scores"].detach().float().cpu())
+        self.labels.append(outputs["labels"].detach().long().cpu())
+        self.defect_types.extend(outputs["defect_types"])
+        self.image_paths.extend(str(path) for path in outputs["image_paths"])
+        self.maps.append(outputs["anomaly_maps"].detach().to(torch.float16).cpu())
+        self.masks.append(outputs["masks"].detach().to(torch.bool).cpu())
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
 
     @property
     def all_scores(self) -> Tensor:

@@ -1,0 +1,97 @@
+"""Test evaluation as one Lightning callback: metrics, logged values and figures.
+
+The model's ``test_step`` scores each batch once and returns what evaluation needs
+(:meth:`~anomaly_gan.models.core.GanAnomalyModule.test_step`); :class:`TestEvaluator`
+receives those outputs in ``on_test_batch_end``, keeps them per test dataloader (one per
+test category) and at the end of the test epoch computes the metrics, logs them as
+``test/<category>/<metric>``, and writes the figures. ``train.py`` adds it to the trainer
+that tests and reads :attr:`TestEvaluator.results` / :attr:`TestEvaluator.artifacts` into
+``results.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from anomaly_gan.evaluation.artifacts import ExtremeSamples, write_test_artifacts
+from anomaly_gan.evaluation.collected_outputs import CollectedOutputs
+
+
+class TestEvaluator(Callback):
+    """Collects test outputs, computes per-category metrics, writes the run's figures.
+
+    Args:
+        output_dir: the run directory; figures go to ``<output_dir>/plots/<category>/``.
+            ``None`` computes and logs metrics only.
+        samples_per_group: how many best and worst normals and anomalies the sample grid
+            shows (each).
+
+    After ``trainer.test``: :attr:`results` maps each test category to its metrics,
+    :attr:`artifacts` to its figure files (relative to ``output_dir``).
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    def __init__(self, output_dir: str | Path | None = None, samples_per_group: int = 2) -> None:
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.samples_per_group = samples_per_group
+        self.results: dict[str, dict[str, Any]] = {}
+        self.artifacts: dict[str, dict[str, str]] = {}
+        self._outputs: dict[int, CollectedOutputs] = {}
+        self._samples: dict[int, ExtremeSamples] = {}
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.results, self.artifacts = {}, {}
+        self._outputs, self._samples = {}, {}
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not isinstance(outputs, Mapping):
+            raise TypeError(
+                f"TestEvaluator needs test_step to return a dict of per-image outputs; "
+                f"{type(pl_module).__name__}.test_step returned {type(outputs).__name__}."
+            )
+        self._outputs.setdefault(dataloader_idx, CollectedOutputs()).add(outputs)
+        if self.output_dir is not None:
+            samples = self._samples.setdefault(
+                dataloader_idx, ExtremeSamples(self.samples_per_group)
+            )
+            samples.add(outputs)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Metrics per test set (one per test category), logged as test/<category>/<metric>."""
+        names = list(getattr(trainer.datamodule, "test_category_names", []) or [])
+        threshold = float(pl_module.threshold)
+        named = {
+            index: names[index] if index < len(names) else f"test_{index}"
+            for index in sorted(self._outputs)
+        }
+        for index, name in named.items():
+            metrics = self._outputs[index].evaluate(threshold)
+            self.results[name] = metrics
+            for key, value in metrics.items():
+                if isinstance(value, float):
+                    pl_module.log(f"test/{name}/{key}", value)
+        if self.output_dir is not None:  # figures once every metric is in
+            for index, name in named.items():
+                self.artifacts[name] = write_test_artifacts(
+                    self.output_dir,
+                    name,
+                    self.results[name],
+                    self._outputs[index],
+                    self._samples.get(index),
+                    threshold,
+                )
+        self._outputs, self._samples = {}, {}
