@@ -20,7 +20,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from anomaly_gan.inference import InferenceError
+from anomaly_gan.models.checkpoint import CheckpointError
 from anomaly_gan.onnx_export import ExportError, export
 
 log = logging.getLogger("export")
@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> None:
             verify=cfg.verify,
             atol=cfg.atol,
         )
-    except (ExportError, InferenceError) as error:
+    except (CheckpointError, ExportError) as error:
         log.error("%s", error)
         sys.exit(1)
     log.info("Exported %s to %s", result["class_path"], result["path"])

@@ -21,7 +21,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from anomaly_gan.evaluation.overlays import OverlayError
 from anomaly_gan.inference import InferenceError, predict
+from anomaly_gan.models.checkpoint import CheckpointError
 
 log = logging.getLogger("predict")
 
@@ -37,7 +39,7 @@ def main(cfg: DictConfig) -> None:
             device=cfg.device,
             overlay=cfg.overlay,
         )
-    except InferenceError as error:
+    except (CheckpointError, InferenceError, OverlayError) as error:
         log.error("%s", error)
         sys.exit(1)
     log.info(

@@ -7,9 +7,10 @@ score never depends on its batch mates). The batch axis is dynamic.
 
 Everything a deployment needs besides the graph travels in the ONNX file's metadata
 (``metadata_props``): decision threshold, image size, channels, normalisation, model class,
-the overlay ``map_scale`` (see :mod:`anomaly_gan.inference`). Pre-processing outside Python:
-read the image, convert to RGB (``channels`` 3) or luminance (1), resize to S×S with area
-interpolation, ``pixel / 255 * 2 - 1``, CHW; anomalous when ``score >= threshold``.
+the overlay ``map_scale`` (see :mod:`anomaly_gan.evaluation.overlays`). Pre-processing
+outside Python: read the image, convert to RGB (``channels`` 3) or luminance (1), resize to
+S×S with area interpolation, ``pixel / 255 * 2 - 1``, CHW; anomalous when
+``score >= threshold``.
 
 The fused self-attention (``F.scaled_dot_product_attention`` in
 :class:`~anomaly_gan.nets.blocks.SelfAttention2d`, used by Skip-SA and MIFE) exports as is
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from anomaly_gan.data.transforms import NORMALIZE_MEAN, NORMALIZE_STD, PER_IMAGE_SPREAD
-from anomaly_gan.inference import LoadedModel, load_model
+from anomaly_gan.models.checkpoint import LoadedModel, load_model
 from anomaly_gan.models.core import GanAnomalyModule
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from anomaly_gan.data import MVTecDataModule  # noqa: E402
-from anomaly_gan.inference import load_model  # noqa: E402
+from anomaly_gan.models.checkpoint import load_model  # noqa: E402
 from anomaly_gan.scoring import AnomalyScore  # noqa: E402
 
 #: name -> scorer; "own" (the checkpoint's scorer) is added per checkpoint.

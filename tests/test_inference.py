@@ -25,7 +25,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from anomaly_gan.inference import CSV_COLUMNS, InferenceError, load_model, predict
+from anomaly_gan.inference import CSV_COLUMNS, predict
+from anomaly_gan.models.checkpoint import CheckpointError, load_model
 from anomaly_gan.nets.blocks import SelfAttention2d
 from anomaly_gan.onnx_export import (
     ExportError,
@@ -243,24 +244,35 @@ def test_predict_attention_model_uses_threshold_scale_for_overlays(
 
 
 def test_load_model_errors_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(InferenceError, match="no such checkpoint file"):
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
         load_model(tmp_path / "missing.ckpt")
     foreign = tmp_path / "weights.ckpt"
     torch.save({"weights": torch.zeros(2)}, foreign)
-    with pytest.raises(InferenceError, match=r"weights\.ckpt is not a Lightning checkpoint"):
+    with pytest.raises(CheckpointError, match=r"weights\.ckpt is not a Lightning checkpoint"):
         load_model(foreign)
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(InferenceError, match=r"garbage\.ckpt could not be loaded"):
+    with pytest.raises(CheckpointError, match=r"garbage\.ckpt could not be loaded"):
         load_model(garbage)
 
 
-def test_checkpoint_without_class_path_is_recognised(
+def test_checkpoint_without_class_path_is_refused_with_the_fix(
     checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
     checkpoint = torch.load(checkpoints["skip_sa"], weights_only=True)
+    assert load_model(checkpoints["skip_sa"]).class_path == (
+        "anomaly_gan.models.skip_sa.SkipSelfAttentionGan"
+    )
     del checkpoint["anomaly_gan"]
     old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    with pytest.raises(CheckpointError) as refused:
+        load_model(old)
+    message = str(refused.value)
+    assert str(old) in message and "lacks 'anomaly_gan.class_path'" in message
+    assert "anomaly_gan.models.skip_sa.SkipSelfAttentionGan" in message  # the classes to name
+    # The fix the message gives works.
+    checkpoint["anomaly_gan"] = {"class_path": "anomaly_gan.models.skip_sa.SkipSelfAttentionGan"}
     torch.save(checkpoint, old)
     assert load_model(old).class_path == "anomaly_gan.models.skip_sa.SkipSelfAttentionGan"
 

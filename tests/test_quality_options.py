@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader
 
 from anomaly_gan.data import MVTecDataModule
 from anomaly_gan.data.dataset import AnomalyImageDataset, Sample
-from anomaly_gan.inference import load_model
 from anomaly_gan.models import Ganomaly
+from anomaly_gan.models.checkpoint import load_model
 from anomaly_gan.scoring import AnomalyScore
 from tests.test_core import RandomImages, _trainer
 from tests.test_data import _write_image, make_tiny_mvtec
