@@ -287,7 +287,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             writes_results = False
             return results
         ckpt_path, results["checkpoint"] = _choose_checkpoint(trainer, cfg.test_checkpoint)
-        evaluator = TestEvaluator(run_dir)
+        evaluator = TestEvaluator(run_dir, reference=bool(cfg.get("reference", True)))
         _test_trainer(cfg, trainer, evaluator).test(
             model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False
         )

@@ -11,6 +11,8 @@ that tests and reads :attr:`TestEvaluator.results` / :attr:`TestEvaluator.artifa
 
 from __future__ import annotations
 
+import logging
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,9 @@ from lightning.pytorch.callbacks import Callback
 
 from anomaly_gan.evaluation.artifacts import ExtremeSamples, write_test_artifacts
 from anomaly_gan.evaluation.collected_outputs import CollectedOutputs
+from anomaly_gan.evaluation.reference import MIN_LIFT, lift, reference_metrics
+
+log = logging.getLogger(__name__)
 
 
 class TestEvaluator(Callback):
@@ -30,6 +35,10 @@ class TestEvaluator(Callback):
             ``None`` computes and logs metrics only.
         samples_per_group: how many best and worst normals and anomalies the sample grid
             shows (each).
+        reference: also score every test set with the no-learning references (mean and
+            PCA reconstruction of the training normals, :mod:`anomaly_gan.evaluation.reference`)
+            and store them, with the model's ``lift`` over the better one, under
+            ``results[category]["reference"]``.
 
     After ``trainer.test``: :attr:`results` maps each test category to its metrics,
     :attr:`artifacts` to its figure files (relative to ``output_dir``).
@@ -37,9 +46,15 @@ class TestEvaluator(Callback):
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, output_dir: str | Path | None = None, samples_per_group: int = 2) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path | None = None,
+        samples_per_group: int = 2,
+        reference: bool = False,
+    ) -> None:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.samples_per_group = samples_per_group
+        self.reference = reference
         self.results: dict[str, dict[str, Any]] = {}
         self.artifacts: dict[str, dict[str, str]] = {}
         self._outputs: dict[int, CollectedOutputs] = {}
@@ -84,6 +99,8 @@ class TestEvaluator(Callback):
             for key, value in metrics.items():
                 if isinstance(value, float):
                     pl_module.log(f"test/{name}/{key}", value)
+        if self.reference:
+            self._add_reference(trainer, pl_module)
         if self.output_dir is not None:  # figures once every metric is in
             for index, name in named.items():
                 self.artifacts[name] = write_test_artifacts(
@@ -95,3 +112,45 @@ class TestEvaluator(Callback):
                     threshold,
                 )
         self._outputs, self._samples = {}, {}
+
+    def _add_reference(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The no-learning references beside each test set's metrics, and the model's lift.
+
+        A failure here is logged and recorded, never allowed to lose the model's metrics.
+        """
+        datamodule = trainer.datamodule
+        try:
+            references = reference_metrics(
+                datamodule,
+                pl_module.scorer.to_config(),
+                float(pl_module.hparams.get("threshold_quantile", 0.95)),
+            )
+        except Exception as error:  # the model's results must survive a failed reference
+            log.warning(
+                "No-learning reference failed (%s); results keep the model's metrics.", error
+            )
+            for metrics in self.results.values():
+                metrics["reference"] = {
+                    "error": f"{type(error).__name__}: {error}",
+                    "traceback": traceback.format_exc(),
+                }
+            return
+        for name, metrics in self.results.items():
+            block = references.get(name)
+            if block is None:
+                continue
+            block["lift"] = lift(metrics.get("auroc"), block)
+            metrics["reference"] = block
+            if block["lift"] is not None:
+                pl_module.log(f"test/{name}/reference_auroc", float(block["auroc"]))
+                pl_module.log(f"test/{name}/lift", float(block["lift"]))
+                if block["lift"] < MIN_LIFT:
+                    log.warning(
+                        "%s: image AUROC %.3f is only %+.3f above the no-learning reference "
+                        "(%s reconstruction, %.3f): the GAN has not earned its keep here.",
+                        name,
+                        metrics["auroc"],
+                        block["lift"],
+                        block["best"],
+                        block["auroc"],
+                    )

@@ -30,12 +30,13 @@ from torchmetrics.functional.classification import binary_auroc
 
 from anomaly_gan.corruption import SyntheticDefects
 from anomaly_gan.evaluation.metrics import image_metrics
+from anomaly_gan.evaluation.results import MIN_LIFT
 from anomaly_gan.scoring import AnomalyScore
+
+__all__ = ["MIN_LIFT", "lift", "reference_metrics"]
 
 log = logging.getLogger(__name__)
 
-#: A model whose image AUROC is less than this above the better reference is flagged.
-MIN_LIFT = 0.02
 #: Candidate PCA sizes; those >= the number of training normals are dropped.
 PCA_COMPONENTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 #: Seed of the synthetic defects that choose ``k`` (fixed: the choice is reproducible).
@@ -110,7 +111,9 @@ def _scores(
     return maps, scorer.score_error_maps(maps)
 
 
-def _calibrated(scorer_config: dict[str, Any], reconstruct: Any, normals: Tensor, quantile: float):
+def _calibrated(
+    scorer_config: dict[str, Any], reconstruct: Any, normals: Tensor, quantile: float
+) -> AnomalyScore:
     scorer = reference_scorer(scorer_config)
     maps = torch.cat([scorer.error_map(chunk, reconstruct(chunk)) for chunk in normals.split(64)])
     scorer.calibrate(maps, torch.zeros(maps.shape[0]), quantile)

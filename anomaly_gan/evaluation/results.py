@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_FILE = "results.json"
+#: A model less than this far above its no-learning reference is flagged in the summary.
+MIN_LIFT = 0.02
 IMAGE_METRICS = (
     "auroc",
     "average_precision",
@@ -70,22 +72,50 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _reference_cells(metrics: dict[str, Any]) -> list[str]:
+    reference = metrics.get("reference") or {}
+    return [_cell(reference.get("auroc")), _cell(reference.get("lift"))]
+
+
 def format_results_table(results: dict[str, Any]) -> str:
-    """A plain-text table: one row per test category (and its defect types)."""
-    header = ["test set", "n (norm/anom)", *IMAGE_METRICS]
+    """A plain-text table: one row per test category (and its defect types).
+
+    ``ref auroc`` is the better no-learning reference (mean / PCA reconstruction, same
+    scorer) and ``lift`` the model's image AUROC above it; a lift under ``MIN_LIFT`` gets a
+    line of its own under the table.
+    """
+    header = ["test set", "n (norm/anom)", *IMAGE_METRICS, "ref auroc", "lift"]
     rows: list[list[str]] = []
+    warnings: list[str] = []
     for category, metrics in results.get("categories", {}).items():
         counts = f"{metrics.get('n_normal', 0)}/{metrics.get('n_anomalous', 0)}"
-        rows.append([category, counts, *(_cell(metrics.get(k)) for k in IMAGE_METRICS)])
+        rows.append(
+            [
+                category,
+                counts,
+                *(_cell(metrics.get(k)) for k in IMAGE_METRICS),
+                *_reference_cells(metrics),
+            ]
+        )
         for kind, sub in metrics.get("by_defect_type", {}).items():
             sub_counts = f"{sub.get('n_normal', 0)}/{sub.get('n_anomalous', 0)}"
-            rows.append([f"  {kind}", sub_counts, *(_cell(sub.get(k)) for k in IMAGE_METRICS)])
+            rows.append(
+                [f"  {kind}", sub_counts, *(_cell(sub.get(k)) for k in IMAGE_METRICS), "", ""]
+            )
+        reference = metrics.get("reference") or {}
+        if reference.get("lift") is not None and reference["lift"] < MIN_LIFT:
+            warnings.append(
+                f"{category}: lift {reference['lift']:+.3f} over the no-learning reference "
+                f"({reference.get('best')} reconstruction, AUROC {reference['auroc']:.3f}) is "
+                f"below +{MIN_LIFT}: the GAN adds little here"
+            )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True))
         for row in [header, *rows]
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
+    lines.extend(f"warning: {text}" for text in warnings)
     threshold = results.get("threshold", {})
     lines.append(
         f"status: {results.get('status')}  threshold: {_cell(threshold.get('value'))} "
