@@ -37,7 +37,8 @@ clean:
 report: install
 	$(PY) report.py $(SWEEP)
 
-## Real-defect quality: every model vs mean-image and PCA baselines on the magnetic tiles.
+## Real-defect quality: every model on the 4 real sets (../shared/data) vs its no-learning
+## reference (mean / PCA reconstruction) and lift; hours (QUALITY_ARGS="--reuse" resumes).
 quality: install
 	$(PY) bench/quality.py $(QUALITY_ARGS)
 

@@ -26,6 +26,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from anomaly_gan.data import MVTecDataModule  # noqa: E402
+from anomaly_gan.evaluation.evaluator import TestEvaluator  # noqa: E402
 from anomaly_gan.models.checkpoint import load_model  # noqa: E402
 from anomaly_gan.scoring import AnomalyScore  # noqa: E402
 
@@ -48,6 +49,10 @@ VARIANTS: dict[str, AnomalyScore] = {
 }
 
 
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def evaluate(checkpoint: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     model = load_model(checkpoint).model
     # The data exactly as the run saw it (normalisation, split seeds), only the test part
@@ -68,8 +73,10 @@ def evaluate(checkpoint: Path, args: argparse.Namespace) -> dict[str, dict[str, 
     )
     data.pop("_target_", None)
     datamodule = MVTecDataModule(**data)
+    evaluator = TestEvaluator()  # metrics only: no figures, no reference
     trainer = L.Trainer(
         accelerator="cpu",
+        callbacks=[evaluator],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -80,7 +87,7 @@ def evaluate(checkpoint: Path, args: argparse.Namespace) -> dict[str, dict[str, 
         model.scorer = scorer
         trainer.validate(model, datamodule=datamodule, verbose=False)
         trainer.test(model, datamodule=datamodule, verbose=False)
-        metrics = model.test_results[datamodule.hparams.category]
+        metrics = evaluator.results[datamodule.hparams.category]
         results[name] = {"auroc": metrics["auroc"], "pixel_auroc": metrics.get("pixel_auroc")}
     return results
 
@@ -114,11 +121,12 @@ def main() -> int:
     print("|---" * (len(table) + 2) + "|")
     for name in names:
         cells = [table[run][name] for run in table]
-        mean = statistics.mean(c["auroc"] for c in cells)
+        aurocs = [c["auroc"] for c in cells if c["auroc"] is not None]
+        mean = statistics.mean(aurocs) if aurocs else None
         print(
             f"| {name} | "
-            + " | ".join(f"{c['auroc']:.3f} ({c['pixel_auroc']:.3f})" for c in cells)
-            + f" | {mean:.3f} |"
+            + " | ".join(f"{_cell(c['auroc'])} ({_cell(c['pixel_auroc'])})" for c in cells)
+            + f" | {_cell(mean)} |"
         )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
