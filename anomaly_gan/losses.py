@@ -6,12 +6,13 @@ docs/reference-code.md, sections 1–3):
 
 - GANomaly (Akcay, Atapour-Abarghouei, Breckon, ACCV 2018, Sec. 3): feature-matching
   adversarial term, L1 context term, L2 encoder term between the generator's two latent
-  codes; weights 1 / 50 / 1.
+  codes; weights 1 / 50 / 1 (conf/loss/feature_matching_l1.yaml, every model's default).
 - Skip-GANomaly (Akcay et al., IJCNN 2019) and Skip-SA (Sun et al. 2025, Sec. 3.3, 4.2): BCE
   adversarial term, L1 context term, L2 "latent" term on the discriminator's last features
-  (paper's w_lat is our w_enc).
+  (paper's w_lat is our w_enc); weights 1 / 50 / 1 (conf/loss/bce_l1.yaml) and 0.5 / 0.3 /
+  0.2 (conf/loss/skip_sa_paper.yaml).
 - MIFE / Baseline (Toker, Korkmaz, Sec. II.D): L2 reconstruction, BCE adversarial, L2
-  encoder term.
+  encoder term (conf/loss/bce_l2.yaml).
 
 Which latent pair the encoder term compares is the architecture's business (see
 ``GanAnomalyModule.latent_pair``); the loss only measures it.
@@ -46,7 +47,12 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class GeneratorLoss:
-    """Weights and forms of the generator objective; every field is a ``loss.*`` config key."""
+    """Weights and forms of the generator objective; every field is a ``loss.*`` config key.
+
+    The defaults are conf/loss/feature_matching_l1.yaml (GANomaly's loss), the loss every
+    ``model=<name>`` config selects and every model class uses when given none; the papers'
+    other settings are conf/loss/{bce_l1,bce_l2,skip_sa_paper}.yaml (``model=<name>_paper``).
+    """
 
     w_adv: float = 1.0
     w_con: float = 50.0

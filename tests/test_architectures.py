@@ -158,15 +158,19 @@ def test_hparams_rebuild_the_same_model() -> None:
 
 
 # -------------------------------------------------------------------- architecture facts
-def test_default_losses_and_scores_follow_the_papers() -> None:
+def test_default_loss_is_the_configs_and_scores_follow_the_papers() -> None:
+    """Without a ``loss`` every class trains ``GeneratorLoss()``: feature matching + L1,
+    1 / 50 / 1 (conf/loss/feature_matching_l1), as every ``model=<name>`` config; the papers'
+    losses are ``model=<name>_paper``. Scores default to the papers' (model=<name>_paper)."""
+    fm_l1 = GeneratorLoss(1.0, 50.0, 1.0, "l1", "feature_matching", "l2")
+    assert build("ganomaly").loss_fn == fm_l1
     skip = build("skip_ganomaly")
-    assert skip.loss_fn == GeneratorLoss(1.0, 50.0, 1.0, "l1", "bce", "l2")
+    assert skip.loss_fn == fm_l1
     assert skip.scorer.to_config() == AnomalyScore(0.1, 0.9, "l2").to_config()
-    skip_sa = build("skip_sa")
-    assert (skip_sa.loss_fn.w_adv, skip_sa.loss_fn.w_con, skip_sa.loss_fn.w_enc) == (0.5, 0.3, 0.2)
+    assert build("skip_sa").loss_fn == fm_l1
     for name in ("mife", "baseline"):
         model = build(name)
-        assert model.loss_fn == GeneratorLoss(1.0, 50.0, 1.0, "l2", "bce", "l2")
+        assert model.loss_fn == fm_l1
         assert model.scorer.to_config() == AnomalyScore(0.0, 1.0, "l1").to_config()
 
 

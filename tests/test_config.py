@@ -10,7 +10,24 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 import anomaly_gan.resolvers  # noqa: F401  (registers the ${ag.*} resolvers, as train.py does)
+from anomaly_gan.losses import GeneratorLoss
+from anomaly_gan.models import Mife
+from anomaly_gan.models.registry import ARCHITECTURES
 from tests.conftest import CONFIG_DIR
+
+# model config -> the conf/loss file its defaults list selects (one file per distinct setting).
+MODEL_LOSS = {
+    "ganomaly": "feature_matching_l1",
+    "ganomaly_paper": "feature_matching_l1",
+    "skip_ganomaly": "feature_matching_l1",
+    "skip_ganomaly_paper": "bce_l1",
+    "skip_sa": "feature_matching_l1",
+    "skip_sa_paper": "skip_sa_paper",
+    "mife": "feature_matching_l1",
+    "mife_paper": "bce_l2",
+    "baseline": "feature_matching_l1",
+    "baseline_paper": "bce_l2",
+}
 
 
 def _options(group: str) -> list[str]:
@@ -70,6 +87,90 @@ def test_loss_weights_override_from_command_line(tmp_path: Path) -> None:
     module = hydra.utils.instantiate(cfg.model, _convert_="all")
     assert module.loss_fn.w_adv == 0.5 and module.loss_fn.w_con == 0.3
     assert module.scorer.reconstruction_weight == pytest.approx(0.9)
+
+
+def _loss_file(name: str):
+    return OmegaConf.load(CONFIG_DIR / "loss" / f"{name}.yaml")
+
+
+def test_every_model_config_and_loss_file_is_in_the_table() -> None:
+    assert sorted(MODEL_LOSS) == _options("model")
+    assert sorted(set(MODEL_LOSS.values())) == _options("loss")
+
+
+def test_loss_files_hold_distinct_settings() -> None:
+    settings = {
+        name: tuple(sorted(OmegaConf.to_container(_loss_file(name)).items()))
+        for name in _options("loss")
+    }
+    assert len(set(settings.values())) == len(settings), settings
+
+
+@pytest.mark.parametrize("model", _options("model"))
+def test_each_model_config_selects_its_loss_file(tmp_path: Path, model: str) -> None:
+    cfg = _compose(tmp_path, [f"model={model}"])
+    assert cfg.loss == _loss_file(MODEL_LOSS[model])
+    assert OmegaConf.to_container(cfg.model.loss, resolve=True) == OmegaConf.to_container(cfg.loss)
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_model_classes_default_to_the_loss_of_their_config(tmp_path: Path, name: str) -> None:
+    """``Cls(...)`` without a loss trains what ``model=<name>`` trains."""
+    cfg = _compose(tmp_path, [f"model={name}"])
+    expected = GeneratorLoss.from_config(OmegaConf.to_container(cfg.loss))
+    assert ARCHITECTURES[name].default_loss == expected
+
+
+def test_mife_built_in_python_has_the_loss_of_model_mife(tmp_path: Path) -> None:
+    cfg = _compose(tmp_path, ["model=mife", "data.image_size=64"])
+    from_config = hydra.utils.instantiate(cfg.model, _convert_="all")
+    assert Mife(image_size=64, channels=3).loss_fn == from_config.loss_fn
+
+
+@pytest.mark.parametrize("model", ["ganomaly", "skip_sa_paper", "mife_paper"])
+def test_loss_overrides_reach_the_loss_a_model_chose(tmp_path: Path, model: str) -> None:
+    cfg = _compose(tmp_path, [f"model={model}", "loss=bce_l1"])
+    assert cfg.loss == _loss_file("bce_l1")
+    cfg = _compose(tmp_path, [f"model={model}", "loss.w_adv=0.25", "loss.encoder=l1"])
+    expected = _loss_file(MODEL_LOSS[model])
+    expected.w_adv, expected.encoder = 0.25, "l1"
+    assert cfg.loss == expected
+    module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    assert module.loss_fn == GeneratorLoss.from_config(OmegaConf.to_container(expected))
+
+
+def test_sweep_over_models_and_loss_keys_composes_every_job(tmp_path: Path) -> None:
+    """``python train.py -m model=skip_sa,skip_sa_paper loss.w_adv=0.5,1 loss.w_con=0.3,50``:
+    each job is the composition of one value per key."""
+    for model in ("skip_sa", "skip_sa_paper"):
+        for w_adv in (0.5, 1.0):
+            for w_con in (0.3, 50.0):
+                cfg = _compose(
+                    tmp_path, [f"model={model}", f"loss.w_adv={w_adv}", f"loss.w_con={w_con}"]
+                )
+                expected = _loss_file(MODEL_LOSS[model])
+                expected.w_adv, expected.w_con = w_adv, w_con
+                assert cfg.loss == expected
+
+
+def test_optuna_search_keys_exist_in_the_composed_config() -> None:
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert "loss.w_adv" in params
+    for key in params:
+        assert OmegaConf.select(cfg, key) is not None, key
+
+
+def test_an_experiment_can_override_the_loss_a_model_chose(tmp_path: Path) -> None:
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "paper_loss.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /loss: skip_sa_paper\n"
+    )
+    overrides = [f"hydra.searchpath=[file://{tmp_path}]", "experiment=paper_loss"]
+    for model in ("skip_sa", "mife_paper"):
+        cfg = _compose(tmp_path, [*overrides, f"model={model}"])
+        assert cfg.loss == _loss_file("skip_sa_paper")
 
 
 def test_callbacks_loggers_and_trainer_instantiate(tmp_path: Path) -> None:

@@ -25,20 +25,27 @@ from anomaly_gan.models.registry import ARCHITECTURES
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 MODELS = list(ARCHITECTURES)
-# (w_adv, w_con, w_enc, reconstruction, adversarial, encoder) per loss config. Only
-# ganomaly's default is its paper's setting; the others use GANomaly's form (feature
-# matching + L1), Skip-SA also Skip-GANomaly's weights (docs/what-works.md). Every paper
-# setting stays a loss config of its own.
-PAPER_LOSSES = {
-    "ganomaly": (1.0, 50.0, 1.0, "l1", "feature_matching", "l2"),
-    "skip_ganomaly": (1.0, 50.0, 1.0, "l1", "feature_matching", "l2"),
-    "skip_ganomaly_paper": (1.0, 50.0, 1.0, "l1", "bce", "l2"),
-    "skip_sa": (1.0, 50.0, 1.0, "l1", "feature_matching", "l2"),
+# (w_adv, w_con, w_enc, reconstruction, adversarial, encoder) per loss config (conf/loss),
+# one file per distinct setting.
+LOSS_FILES = {
+    "feature_matching_l1": (1.0, 50.0, 1.0, "l1", "feature_matching", "l2"),
+    "bce_l1": (1.0, 50.0, 1.0, "l1", "bce", "l2"),
+    "bce_l2": (1.0, 50.0, 1.0, "l2", "bce", "l2"),
     "skip_sa_paper": (0.5, 0.3, 0.2, "l1", "bce", "l2"),
-    "mife": (1.0, 50.0, 1.0, "l1", "feature_matching", "l2"),
-    "mife_paper": (1.0, 50.0, 1.0, "l2", "bce", "l2"),
-    "baseline": (1.0, 50.0, 1.0, "l1", "feature_matching", "l2"),
-    "baseline_paper": (1.0, 50.0, 1.0, "l2", "bce", "l2"),
+}
+# The setting each model config trains with. Only ganomaly's default is its paper's setting;
+# the others use GANomaly's form (feature matching + L1), Skip-SA also Skip-GANomaly's weights
+# (docs/what-works.md). Every paper setting stays a loss config of its own.
+PAPER_LOSSES = {
+    "ganomaly": LOSS_FILES["feature_matching_l1"],
+    "skip_ganomaly": LOSS_FILES["feature_matching_l1"],
+    "skip_ganomaly_paper": LOSS_FILES["bce_l1"],
+    "skip_sa": LOSS_FILES["feature_matching_l1"],
+    "skip_sa_paper": LOSS_FILES["skip_sa_paper"],
+    "mife": LOSS_FILES["feature_matching_l1"],
+    "mife_paper": LOSS_FILES["bce_l2"],
+    "baseline": LOSS_FILES["feature_matching_l1"],
+    "baseline_paper": LOSS_FILES["bce_l2"],
 }
 # model=<name>_paper: the published width, score (and Skip-SA's attention and loss).
 PAPER_MODELS = {
@@ -139,7 +146,9 @@ def test_loss_weights_and_forms_override_from_the_command_line(name: str) -> Non
 
 
 def test_every_paper_loss_setting_is_a_loss_config() -> None:
-    for loss_name, expected in PAPER_LOSSES.items():
+    assert sorted(LOSS_FILES) == sorted(path.stem for path in (CONF / "loss").glob("*.yaml"))
+    assert set(PAPER_LOSSES.values()) == set(LOSS_FILES.values())
+    for loss_name, expected in LOSS_FILES.items():
         cfg = _compose(["model=skip_sa", f"loss={loss_name}"])
         loss = GeneratorLoss.from_config(OmegaConf.to_container(cfg.loss))
         assert (

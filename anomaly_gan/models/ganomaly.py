@@ -4,9 +4,12 @@ Akcay, Atapour-Abarghouei, Breckon, "GANomaly: Semi-Supervised Anomaly Detection
 Adversarial Training", ACCV 2018, Sec. 3.
 
 Generator: DCGAN encoder -> decoder -> second encoder; discriminator: DCGAN encoder with
-one logit. Defaults are the reference ones (docs/reference-code.md, section 2): latent 100,
-width 64, losses feature-matching adversarial / L1 context / L2 encoder with weights
-1 / 50 / 1, and the latent-distance score.
+one logit. The class's defaults are the reference ones (docs/reference-code.md, section 2):
+latent 100, width 64, losses feature-matching adversarial / L1 context / L2 encoder with
+weights 1 / 50 / 1 (``GeneratorLoss()``, conf/loss/feature_matching_l1.yaml, which
+``model=ganomaly`` trains with too), and the latent-distance score. ``model=ganomaly``
+narrows the width for CPUs and scores with the difference map; ``model=ganomaly_paper`` is
+the reference setting.
 """
 
 from __future__ import annotations

@@ -13,10 +13,17 @@ Losses (II.D): L2 reconstruction, BCE adversarial, L2 encoder term
 reconstruction (so :meth:`generate` returns ``latent_in = E(x)``, ``latent_out = E(G(x))``).
 Score (eq. 5): mean absolute reconstruction error.
 
+What trains by default: both classes, like ``model=mife`` / ``model=baseline``, use GANomaly's
+loss form (feature matching + L1, 1 / 50 / 1: ``GeneratorLoss()``,
+conf/loss/feature_matching_l1.yaml); the paper's loss is conf/loss/bce_l2.yaml
+(``model=<name>_paper``, or ``loss=`` here). The classes' other defaults are still the
+paper's (width 64, MIFE's five skips, the L1 score, as ``model=<name>_paper``); the
+``model=<name>`` configs narrow width and skips and score with the difference map.
+
 Choices where the paper is silent:
 - Discriminator: not described; we use the DCGAN/GANomaly discriminator.
-- Loss weights: not given; GANomaly's pattern w_adv 1 / w_con 50 / w_enc 1 (the MIFE and
-  baseline loss configs).
+- Loss weights: not given; GANomaly's pattern w_adv 1 / w_con 50 / w_enc 1
+  (conf/loss/bce_l2.yaml).
 - Decoder activations (BN + ReLU) and the Linear's activation, see
   :mod:`anomaly_gan.nets.autoencoder`; 1-channel data replaces the 3 of the first and
   last layers with ``channels``.
@@ -29,7 +36,6 @@ from typing import Any
 
 from torch import Tensor
 
-from anomaly_gan.losses import GeneratorLoss
 from anomaly_gan.models.core import GanAnomalyModule, GeneratorOutput
 from anomaly_gan.nets.autoencoder import ConvAutoencoder, supported_autoencoder_sizes
 from anomaly_gan.nets.blocks import check_image_size
@@ -50,9 +56,7 @@ class _AutoencoderGan(GanAnomalyModule):
     and a checkpoint reloads by passing them back to the subclass).
     """
 
-    default_loss = GeneratorLoss(
-        w_adv=1.0, w_con=50.0, w_enc=1.0, reconstruction="l2", adversarial="bce", encoder="l2"
-    )
+    # default_loss: the core's GeneratorLoss(), what model=mife / model=baseline compose.
     default_scorer = AnomalyScore(
         latent_weight=0.0, reconstruction_weight=1.0, reconstruction_norm="l1"
     )

@@ -9,8 +9,16 @@ input of its 1-logit convolution) gives the latent loss and the latent part of t
 so :meth:`generate` returns no latent codes of its own and the core uses the
 discriminator's features.
 
-Defaults (docs/reference-code.md, section 3): BCE adversarial / L1 context / L2 latent with
-weights 1 / 50 / 1; score 0.9 · mean squared reconstruction error + 0.1 · latent distance.
+Paper setting (docs/reference-code.md, section 3): BCE adversarial / L1 context / L2 latent
+with weights 1 / 50 / 1 (conf/loss/bce_l1.yaml); score 0.9 · mean squared reconstruction
+error + 0.1 · latent distance.
+
+What trains by default: this class, like ``model=skip_ganomaly``, uses GANomaly's feature
+matching instead of BCE (``GeneratorLoss()``, conf/loss/feature_matching_l1.yaml); the
+paper's loss is ``model=skip_ganomaly_paper`` (or ``loss=`` here). The class's other
+defaults are still the paper's (width 64, every skip, the 0.9 / 0.1 score, as
+``model=skip_ganomaly_paper``); ``model=skip_ganomaly`` narrows width and skips and scores
+with the difference map.
 
 Choices and fixes:
 - Discriminator: the reference's is "DCGAN encoder to nz features, then a 1-output
@@ -29,7 +37,6 @@ from typing import Any
 
 from torch import Tensor
 
-from anomaly_gan.losses import GeneratorLoss
 from anomaly_gan.models.core import GanAnomalyModule, GeneratorOutput
 from anomaly_gan.nets.blocks import check_image_size
 from anomaly_gan.nets.dcgan import DcganDiscriminator, supported_dcgan_sizes
@@ -45,9 +52,7 @@ def supported_sizes() -> list[int]:
 class SkipGanomaly(GanAnomalyModule):
     """U-Net generator + DCGAN discriminator; latent loss on the discriminator's features."""
 
-    default_loss = GeneratorLoss(
-        w_adv=1.0, w_con=50.0, w_enc=1.0, reconstruction="l1", adversarial="bce", encoder="l2"
-    )
+    # default_loss: the core's GeneratorLoss(), what model=skip_ganomaly composes.
     default_scorer = AnomalyScore(
         latent_weight=0.1, reconstruction_weight=0.9, reconstruction_norm="l2"
     )

@@ -7,9 +7,17 @@ map is the skip; two DSC + bilinear upsampling per decoder level; 1×1 convoluti
 image). Discriminator: as in GANomaly (Section 3.2); the latent loss compares its last
 features of x and x̂ (Section 2, eq. 3), so :meth:`generate` returns no latent codes.
 
-Paper defaults (Section 4.2) are the ``skip_sa`` loss config: BCE adversarial, L1 context,
-L2 latent (eq. 7) with w_adv 0.5, w_ctx 0.3 (our w_con), w_lat 0.2 (our w_enc); Adam 2e-4;
-10,000 iterations (see conf/model/skip_sa.yaml for the trainer override).
+Paper setting (Section 4.2): BCE adversarial, L1 context, L2 latent (eq. 7) with w_adv 0.5,
+w_ctx 0.3 (our w_con), w_lat 0.2 (our w_enc), conf/loss/skip_sa_paper.yaml, used by
+``model=skip_sa_paper``; Adam 2e-4; 10,000 iterations (see conf/model/skip_sa.yaml for the
+trainer override).
+
+What trains by default: this class, like ``model=skip_sa``, uses Skip-GANomaly's weights
+1 / 50 / 1 with GANomaly's feature matching instead of BCE (``GeneratorLoss()``,
+conf/loss/feature_matching_l1.yaml): with the paper's weights the generator barely learns to
+reconstruct (docs/what-works.md). The class's other defaults are still the paper's (width
+64, attention and skips on every level, the 0.9 / 0.1 score, as ``model=skip_sa_paper``);
+``model=skip_sa`` narrows width, attention and skips and scores with the difference map.
 
 Choices where the paper is silent:
 - depth 5 (the five encoder blocks of the Skip-GANomaly generator it modifies), widths
@@ -29,7 +37,6 @@ from typing import Any
 
 from torch import Tensor
 
-from anomaly_gan.losses import GeneratorLoss
 from anomaly_gan.models.core import GanAnomalyModule, GeneratorOutput
 from anomaly_gan.nets.blocks import check_image_size
 from anomaly_gan.nets.dcgan import DcganDiscriminator, supported_dcgan_sizes
@@ -45,9 +52,7 @@ def supported_sizes(depth: int = 5) -> list[int]:
 class SkipSelfAttentionGan(GanAnomalyModule):
     """Self-attention U-Net generator + DCGAN discriminator (latent loss on its features)."""
 
-    default_loss = GeneratorLoss(
-        w_adv=0.5, w_con=0.3, w_enc=0.2, reconstruction="l1", adversarial="bce", encoder="l2"
-    )
+    # default_loss: the core's GeneratorLoss(), what model=skip_sa composes.
     default_scorer = AnomalyScore(
         latent_weight=0.1, reconstruction_weight=0.9, reconstruction_norm="l2"
     )
