@@ -8,6 +8,7 @@ happens, the run directory ends with a ``results.json`` that says how the run en
 from __future__ import annotations
 
 import logging
+import math
 import time
 import traceback
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.fabric.plugins.environments import LightningEnvironment
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -151,6 +153,9 @@ def _config_summary(cfg: DictConfig) -> dict[str, Any]:
         "scorer": OmegaConf.to_container(cfg.model.scorer, resolve=True),
         "max_epochs": cfg.trainer.get("max_epochs"),
         "max_steps": cfg.trainer.get("max_steps"),
+        "iterations": cfg.get("iterations"),
+        "validations": cfg.get("validations"),
+        "patience": cfg.get("patience"),
         "tags": list(cfg.get("tags") or []),
     }
 
@@ -230,6 +235,58 @@ def _test_trainer(cfg: DictConfig, trainer: L.Trainer, evaluator: TestEvaluator)
     )
 
 
+def _positive_int_or_none(key: str, value: Any, meaning: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key}={value!r}: expected a positive integer ({meaning}) or null.")
+    return value
+
+
+def _training_length(cfg: DictConfig) -> tuple[dict[str, Any], list[Callback]]:
+    """Trainer arguments and callbacks for ``iterations``, ``validations``, ``patience``.
+
+    ``iterations`` counts generator updates (batches), so a run trains as long on a set of
+    50 images as on one of 5,000, unlike a number of epochs. Validation (which calibrates
+    the scorer and chooses the checkpoint) then runs every ``ceil(iterations /
+    validations)`` batches, across epoch ends, and ``iterations`` is rounded up to a
+    multiple of that, so the last weights are always validated. Both optimizers step once
+    per batch and Lightning counts every optimizer step: ``max_steps = 2 * iterations``.
+    ``patience`` stops after that many validations without a lower ``val/con``
+    (reconstruction error on validation normals). ``trainer.max_time`` caps either.
+    """
+    iterations = _positive_int_or_none(
+        "iterations", cfg.get("iterations"), "generator updates, e.g. iterations=2000"
+    )
+    validations = _positive_int_or_none(
+        "validations", cfg.get("validations", 20), "validations per run, e.g. validations=20"
+    )
+    patience = _positive_int_or_none(
+        "patience", cfg.get("patience"), "validations without a lower val/con"
+    )
+    length: dict[str, Any] = {}
+    if iterations is not None:
+        every = math.ceil(iterations / (validations or 1))
+        rounded = every * math.ceil(iterations / every)
+        if rounded != iterations:
+            log.info(
+                "iterations=%d rounded up to %d: a multiple of the validation interval (%d).",
+                iterations,
+                rounded,
+                every,
+            )
+        length = {
+            "max_steps": 2 * rounded,
+            "max_epochs": -1,
+            "val_check_interval": every,
+            "check_val_every_n_epoch": None,
+        }
+    stopping: list[Callback] = []
+    if patience is not None:
+        stopping.append(EarlyStopping(monitor="val/con", mode="min", patience=patience))
+    return length, stopping
+
+
 def _completed_before(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     if not cfg.get("skip_completed") or not (run_dir / RESULTS_FILE).is_file():
         return None
@@ -270,10 +327,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # torch.load(weights_only=True).
         datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
         model = hydra.utils.instantiate(cfg.model, _convert_="all")
+        length, stopping = _training_length(cfg)
         trainer = hydra.utils.instantiate(
             cfg.trainer,
-            callbacks=_instantiate_group(cfg.get("callbacks")),
+            callbacks=[*_instantiate_group(cfg.get("callbacks")), *stopping],
             logger=_instantiate_group(cfg.get("logger")) or False,
+            **length,
         )
         for logger in trainer.loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -47,6 +47,12 @@ def test_train_writes_valid_results_json(tmp_path: Path, cache_dir: Path) -> Non
     assert results["threshold"]["source"] == "validation normals"
     assert results["duration_s"] > 0 and not list(run_dir.glob(".results.*"))
 
+    # The no-learning reference sits beside the model's metrics, with the lift over it.
+    reference = metrics["reference"]
+    assert reference["best"] in ("mean", "pca") and reference["pca"]["k"] >= 1
+    assert reference["auroc"] == max(reference["mean"]["auroc"], reference["pca"]["auroc"])
+    assert math.isclose(reference["lift"], metrics["auroc"] - reference["auroc"], abs_tol=1e-9)
+
     # The tested checkpoint was chosen on validation and carries its threshold.
     checkpoint = Path(results["checkpoint"]["path"])
     assert results["checkpoint"]["monitor"] == "val/con" and checkpoint.is_file()
@@ -64,8 +70,41 @@ def test_train_writes_valid_results_json(tmp_path: Path, cache_dir: Path) -> Non
         "train/d",
         "val/con",
         "test/textile/auroc",
+        "test/textile/lift",
     ):
         assert column in logged, column
+    assert "ref auroc" in completed.stdout
+
+
+def test_iteration_budget_ends_on_the_same_step_count_twice(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """``iterations`` counts batches across epoch ends (3 per epoch here), rounded up to a
+    multiple of the validation interval so the last weights are validated."""
+    outcomes = []
+    for attempt in ("first", "second"):
+        completed = run_train(
+            "debug=fast",
+            "iterations=5",
+            "validations=2",  # every 3 batches: 5 rounds up to 6
+            "reference=false",
+            f"paths.root_dir={tmp_path / attempt}",
+            f"paths.cache_dir={cache_dir}",
+        )
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        run_dir = _only_run_dir(tmp_path / attempt)
+        results = json.loads((run_dir / "results.json").read_text())
+        validated = [
+            line for line in (run_dir / "csv" / "metrics.csv").read_text().splitlines()[1:]
+        ]
+        header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+        column = header.index("val/con")
+        validations = sum(1 for line in validated if line.split(",")[column])
+        outcomes.append(
+            (results["global_step"], validations, results["categories"]["textile"]["auroc"])
+        )
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][:2] == (12, 2)  # 6 batches x 2 optimizer steps; validated twice
 
 
 def test_failed_run_records_status_and_names_the_path(tmp_path: Path) -> None:
