@@ -77,6 +77,16 @@ def check_test_categories(value: Any) -> list[str] | None:
     return names
 
 
+def check_category(category: Any, expected: str, dataset: str, known: Sequence[str]) -> str:
+    """``data.category`` is a non-empty string; the error lists the dataset's categories."""
+    if not isinstance(category, str) or not category:
+        raise ValueError(
+            f"data.category must be {expected}, got {category!r}. "
+            f"{dataset} categories: {', '.join(known)}."
+        )
+    return category
+
+
 def check_single_test_set(category: str, test_categories: Any, dataset: str) -> None:
     """Datasets with one category (KolektorSDD, a folder) accept only null or [category]."""
     if not isinstance(category, str) or not category:
@@ -247,6 +257,16 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         self._scan_result: tuple[list[Sample], dict[str, list[Sample]]] | None = None
         self._train_samples: list[Sample] | None = None
         self._val_samples: list[Sample] | None = None
+
+    def set_source(
+        self, root: str | Path, category: str, test_categories: list[str] | None
+    ) -> None:
+        """Where the images are: the root folder, the training category, the test ones."""
+        self.root = Path(root).expanduser()
+        self.category = category
+        self.test_categories = test_categories
+        # A str (not a Path) keeps checkpoints loadable with torch.load(weights_only=True).
+        self.hparams["root"] = str(root)
 
     @abc.abstractmethod
     def scan(self) -> tuple[list[Sample], dict[str, list[Sample]]]:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from anomaly_gan.data.datamodule import (
     AnomalyDataModule,
+    check_category,
     check_test_categories,
     missing_root_message,
 )
@@ -213,20 +214,10 @@ class MVTecDataModule(AnomalyDataModule):
         test_categories: Sequence[str] | None = None,
         **base: Any,
     ) -> None:
-        if not isinstance(category, str) or not category:
-            raise ValueError(
-                f"data.category must be a non-empty folder name, got {category!r}. "
-                f"MVTec AD categories: {', '.join(MVTEC_CATEGORIES)}."
-            )
+        check_category(category, "a non-empty folder name", "MVTec AD", MVTEC_CATEGORIES)
         checked_test_categories = check_test_categories(test_categories)
-        super().__init__(
-            **base,
-        )
-        self.root = Path(root).expanduser()
-        self.category = category
-        self.test_categories = checked_test_categories
-        # A str (not a Path) keeps checkpoints loadable with torch.load(weights_only=True).
-        self.hparams["root"] = str(root)
+        super().__init__(**base)
+        self.set_source(root, category, checked_test_categories)
 
     def check_layout(self, root: Path) -> None:
         """At least one MVTec AD category with ``train/good`` (after a download)."""

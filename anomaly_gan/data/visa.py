@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from anomaly_gan.data.datamodule import (
     AnomalyDataModule,
+    check_category,
     check_test_categories,
     missing_root_message,
 )
@@ -238,20 +239,11 @@ class VisADataModule(AnomalyDataModule):
         split_csv: str = VISA_SPLIT_CSV,
         **base: Any,
     ) -> None:
-        if not isinstance(category, str) or not category:
-            raise ValueError(
-                f"data.category must be a VisA category name, got {category!r}. "
-                f"VisA categories: {', '.join(VISA_CATEGORIES)}."
-            )
+        check_category(category, "a VisA category name", "VisA", VISA_CATEGORIES)
         checked_test_categories = check_test_categories(test_categories)
-        super().__init__(
-            **base,
-        )
-        self.root = Path(root).expanduser()
-        self.category = category
-        self.test_categories = checked_test_categories
+        super().__init__(**base)
+        self.set_source(root, category, checked_test_categories)
         self.split_csv = split_csv
-        self.hparams["root"] = str(root)
 
     def check_layout(self, root: Path) -> None:
         """``split_csv/1cls.csv`` plus at least one category's ``Data/Images`` folder."""

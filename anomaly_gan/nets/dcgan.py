@@ -54,8 +54,12 @@ def dcgan_plan(image_size: int, base_width: int = 64, max_width: int | None = No
     return DcganPlan(widths=tuple(widths), bottleneck_size=size)
 
 
-class DcganEncoder(nn.Module):
-    """Image -> (B, latent_dim, 1, 1). ``features`` is everything but the last convolution."""
+class _DcganStack(nn.Module):
+    """What the DCGAN encoder and decoder share: their arguments and one :class:`DcganPlan`.
+
+    Subclasses build their layers in :meth:`build` from the plan, so an encoder and a
+    decoder made with the same arguments always mirror each other.
+    """
 
     def __init__(
         self,
@@ -66,7 +70,17 @@ class DcganEncoder(nn.Module):
         max_width: int | None = None,
     ) -> None:
         super().__init__()
-        plan = dcgan_plan(image_size, base_width, max_width)
+        self.plan = dcgan_plan(image_size, base_width, max_width)
+        self.build(self.plan, channels, latent_dim)
+
+    def build(self, plan: DcganPlan, channels: int, latent_dim: int) -> None:
+        raise NotImplementedError
+
+
+class DcganEncoder(_DcganStack):
+    """Image -> (B, latent_dim, 1, 1). ``features`` is everything but the last convolution."""
+
+    def build(self, plan: DcganPlan, channels: int, latent_dim: int) -> None:
         layers: list[nn.Module] = [
             nn.Conv2d(channels, plan.widths[0], 4, 2, 1, bias=False),
             nn.LeakyReLU(0.2, inplace=True),
@@ -80,25 +94,15 @@ class DcganEncoder(nn.Module):
         self.features = nn.Sequential(*layers)
         # (B, widths[-1], k, k) -> (B, latent_dim, 1, 1)
         self.head = nn.Conv2d(plan.widths[-1], latent_dim, plan.bottleneck_size, 1, 0, bias=False)
-        self.plan = plan
 
     def forward(self, image: Tensor) -> Tensor:
         return self.head(self.features(image))
 
 
-class DcganDecoder(nn.Module):
+class DcganDecoder(_DcganStack):
     """(B, latent_dim, 1, 1) -> image in [-1, 1]; the mirror of :class:`DcganEncoder`."""
 
-    def __init__(
-        self,
-        image_size: int,
-        channels: int,
-        latent_dim: int,
-        base_width: int = 64,
-        max_width: int | None = None,
-    ) -> None:
-        super().__init__()
-        plan = dcgan_plan(image_size, base_width, max_width)
+    def build(self, plan: DcganPlan, channels: int, latent_dim: int) -> None:
         widths = plan.widths[::-1]
         layers: list[nn.Module] = [
             nn.ConvTranspose2d(latent_dim, widths[0], plan.bottleneck_size, 1, 0, bias=False),
