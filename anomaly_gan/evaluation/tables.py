@@ -114,13 +114,21 @@ class Cell:
         return statistics.mean(self.values) if self.values else None
 
 
+def _metric(metrics: dict[str, Any], path: str) -> Any:
+    """``metrics["reference"]["lift"]`` for ``path="reference.lift"``; None where absent."""
+    value: Any = metrics
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
 def _cells(runs: list[RunRecord], metric: str) -> dict[tuple[str, str], Cell]:
     cells: dict[tuple[str, str], Cell] = defaultdict(Cell)
     for run in runs:
         names = list(run.test_sets) if run.status == COMPLETED else run.expected_test_sets
         for name in names:
             cell = cells[(name, run.model)]
-            value = run.test_sets.get(name, {}).get(metric)
+            value = _metric(run.test_sets.get(name, {}), metric)
             cell.statuses.append(run.status)
             if run.status == COMPLETED and isinstance(value, int | float) and math.isfinite(value):
                 cell.values.append(float(value))
@@ -196,6 +204,29 @@ def prf_table(runs: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
     return ["class", "model", "precision", "recall", "f1"], rows
 
 
+LIFT_COLUMNS = {
+    "auroc": "auroc",
+    "reference.mean.auroc": "mean reference",
+    "reference.pca.auroc": "pca reference",
+    "reference.lift": "lift",
+}
+
+
+def lift_table(runs: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
+    """Test set x model -> image AUROC, both no-learning references, and the lift over the
+    better one (``results.json``'s ``reference`` block; runs without it show blanks)."""
+    models, test_sets = _ordered(runs)
+    by_metric = {m: _cells(runs, m) for m in LIFT_COLUMNS}
+    rows = []
+    for name in test_sets:
+        for model in models:
+            if (name, model) not in by_metric["auroc"]:
+                rows.append([name, model, *["missing"] * len(LIFT_COLUMNS)])
+                continue
+            rows.append([name, model, *(by_metric[m][(name, model)].text() for m in LIFT_COLUMNS)])
+    return ["test set", "model", *LIFT_COLUMNS.values()], rows
+
+
 def confusion_matrices(runs: list[RunRecord]) -> dict[tuple[str, str], dict[str, int] | None]:
     """Counts summed over repeats of a (model, class) cell; None where no run completed."""
     summed: dict[tuple[str, str], dict[str, int] | None] = {}
@@ -225,6 +256,7 @@ def build_report(directories: list[Path], out_dir: Path) -> dict[str, Any]:
     prf_header, prf_rows = prf_table(runs)
     auroc_text = _write_table(out_dir, "auroc_table", auroc_header, auroc_rows)
     prf_text = _write_table(out_dir, "precision_recall_f1_table", prf_header, prf_rows)
+    lift_text = _write_table(out_dir, "lift_table", *lift_table(runs))
     cells = _cells(runs, "auroc")
     line_data = {m: {n: cells[(n, m)].mean for n in test_sets if (n, m) in cells} for m in models}
     plot_auroc_lines(line_data, test_sets, out_dir / "auroc_per_category.png")
@@ -239,5 +271,6 @@ def build_report(directories: list[Path], out_dir: Path) -> dict[str, Any]:
         "statuses": dict(statuses),
         "auroc_table": auroc_text,
         "precision_recall_f1_table": prf_text,
+        "lift_table": lift_text,
         "out_dir": str(out_dir),
     }
