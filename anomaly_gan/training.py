@@ -308,6 +308,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     started = time.monotonic()
     writes_results = rank_zero_only.rank == 0
+    evaluator: TestEvaluator | None = None
     results: dict[str, Any] = {
         "status": "running",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -363,6 +364,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["status"] = "completed"
     except BaseException as error:
         results["status"] = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        if evaluator is not None and evaluator.results and "categories" not in results:
+            # Metrics are computed before figures: a failed figure never loses them.
+            results["categories"] = evaluator.results
         results["error"] = {
             "type": type(error).__name__,
             "message": str(error),

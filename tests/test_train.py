@@ -130,3 +130,19 @@ def test_last_checkpoint_selection(tmp_path: Path, cache_dir: Path) -> None:
     results = json.loads((_only_run_dir(tmp_path) / "results.json").read_text())
     assert results["checkpoint"]["selection"] == "last"
     assert results["checkpoint"]["path"].endswith("last.ckpt")
+
+
+def test_metrics_survive_a_figure_that_cannot_be_written(tmp_path: Path, cache_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "plots").write_text("a file where the figures' folder should go")
+    completed = run_train(
+        "debug=fast",
+        "reference=false",
+        f"hydra.run.dir={run_dir}",
+        f"paths.cache_dir={cache_dir}",
+    )
+    assert completed.returncode != 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "failed"
+    assert 0.0 <= results["categories"]["textile"]["auroc"] <= 1.0
