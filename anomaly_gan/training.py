@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from anomaly_gan import resolvers as _resolvers  # noqa: F401  (registers the ${ag.*} resolvers)
+from anomaly_gan.data.datamodule import AUTO_CHANNELS
 from anomaly_gan.evaluation.evaluator import TestEvaluator
 from anomaly_gan.evaluation.results import (
     IMAGE_METRICS,
@@ -327,6 +328,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Plain Python containers, so checkpoints hold no OmegaConf objects and reload with
         # torch.load(weights_only=True).
         datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+        if cfg.data.get("channels") == AUTO_CHANNELS:
+            # The model's input channels follow ${data.channels}: read them off the images.
+            with open_dict(cfg):
+                cfg.data.channels = datamodule.resolve_channels()
+            results["config"]["channels"] = cfg.data.channels
         model = hydra.utils.instantiate(cfg.model, _convert_="all")
         length, stopping = _training_length(cfg)
         trainer = hydra.utils.instantiate(

@@ -90,3 +90,39 @@ def test_mask_without_image_and_image_without_mask(tmp_path: Path) -> None:
 def test_invalid_new_arguments_name_the_key(tmp_path: Path, kwargs: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):
         _dm(tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize(("color", "expected"), [(True, 3), (False, 1)])
+def test_channels_auto_reads_grey_or_colour_off_the_training_images(
+    tmp_path: Path, color: bool, expected: int
+) -> None:
+    make_tiny_mvtec(tmp_path, "widget", color=color)
+    datamodule = _dm(tmp_path, channels="auto")
+    assert datamodule.resolve_channels() == expected
+    assert datamodule.hparams["channels"] == expected  # checkpoints carry the number
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["image"].shape[1] == expected
+
+
+def test_channels_auto_through_train_py_builds_a_grey_model(tmp_path: Path) -> None:
+    import json
+
+    from tests.conftest import run_train
+
+    make_tiny_mvtec(tmp_path / "data", "widget", color=False, n_train=12)
+    completed = run_train(
+        "data=mvtec",
+        f"data.root={tmp_path / 'data'}",
+        "data.category=widget",
+        "data.image_size=32",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "debug=fast",
+        "reference=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["config"]["channels"] == 1
+    assert results["status"] == "completed"

@@ -32,11 +32,22 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, get_worker_info
 
 from anomaly_gan.data.cache import ImageCache
-from anomaly_gan.data.dataset import ANOMALOUS, NORMAL, AnomalyImageDataset, DatasetError, Sample
+from anomaly_gan.data.dataset import (
+    ANOMALOUS,
+    NORMAL,
+    AnomalyImageDataset,
+    DatasetError,
+    Sample,
+    read_image,
+)
 from anomaly_gan.data.download import ARCHIVES, check_sha256, download_dataset, is_empty_root
 from anomaly_gan.data.transforms import check_normalization
 
 log = logging.getLogger(__name__)
+
+
+#: ``data.channels=auto``: 1 or 3, read from the training images at ``setup``.
+AUTO_CHANNELS = "auto"
 
 
 class DataWarning(UserWarning):
@@ -75,6 +86,22 @@ def check_test_categories(value: Any) -> list[str] | None:
     if duplicates:
         raise ValueError(f"data.test_categories lists {', '.join(duplicates)} more than once.")
     return names
+
+
+def infer_channels(paths: Sequence[Path], probes: int = 16) -> int:
+    """1 when every probed image is grayscale (one channel, or three equal ones), else 3.
+
+    Up to ``probes`` images spread evenly over ``paths`` are decoded, so a set whose
+    colour images come later in name order is still seen as colour.
+    """
+    if not paths:
+        return 3
+    step = max(1, len(paths) // probes)
+    for path in list(paths)[::step][:probes]:
+        image = read_image(Path(path), 3)
+        if np.ptp(image.astype(np.float32), axis=2).max() > 0:
+            return 3
+    return 1
 
 
 def check_category(category: Any, expected: str, dataset: str, known: Sequence[str]) -> str:
@@ -150,7 +177,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
     def __init__(
         self,
         image_size: int = 64,
-        channels: int = 3,
+        channels: int | str = 3,
         normalization: str = "fixed",
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -170,10 +197,10 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
     ) -> None:
         super().__init__()
         _check_positive_int("data.image_size", image_size)
-        if channels not in (1, 3) or isinstance(channels, bool):
+        if channels not in (1, 3, AUTO_CHANNELS) or isinstance(channels, bool):
             raise ValueError(
-                f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels!r}. "
-                "Set data.channels=1 or data.channels=3."
+                f"data.channels must be 1 (grayscale), 3 (RGB) or 'auto' (read from the "
+                f"training images), got {channels!r}. Set data.channels=1, 3 or auto."
             )
         check_normalization(normalization)
         _check_positive_int("data.batch_size", batch_size)
@@ -231,7 +258,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         # goes into checkpoints, so a loaded model knows its preprocessing.
         self.save_hyperparameters(logger=False)
         self.image_size = int(image_size)
-        self.channels = int(channels)
+        self.channels: int | str = channels if channels == AUTO_CHANNELS else int(channels)
         self.normalization = normalization
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
@@ -325,8 +352,25 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             test_samples = {
                 name: self._test_part(name, samples) for name, samples in test_samples.items()
             }
+        if self.channels == AUTO_CHANNELS:
+            self.channels = infer_channels([sample.image_path for sample in train_normals])
+            self.hparams["channels"] = self.channels
+            log.info(
+                "data.channels=auto: the training images are %s, so channels=%d.",
+                "grayscale" if self.channels == 1 else "colour",
+                self.channels,
+            )
         self._scan_result = (train_normals, test_samples)
         self._train_samples, self._val_samples = self._split(train_normals)
+
+    def resolve_channels(self) -> int:
+        """The channel count, reading the training images first when ``data.channels=auto``.
+
+        ``train.py`` calls it before building the model, whose input channels follow.
+        """
+        if self.channels == AUTO_CHANNELS:
+            self.setup("fit")
+        return int(self.channels)
 
     def _split(self, normals: list[Sample]) -> tuple[list[Sample], list[Sample]]:
         """Seeded random hold-out of ``val_fraction`` of the normals (at least 1 if asked)."""
