@@ -12,7 +12,9 @@
   below 16. Convolution cost grows with width² × pixels, so a CPU minute buys about the
   same number of epochs at every size; on the magnetic tiles GANomaly at 128 px reached
   0.90 image AUROC with width 16 in 4 minutes and 0.69 with width 32 (5 epochs instead of
-  ~20; docs/what-works.md). Set ``model.base_width`` to a number to override.
+  ~20; docs/what-works.md). Set ``model.base_width`` to a number to override. The model
+  classes apply the same rule when built without a width (``base_width=None``):
+  :func:`default_base_width` (tests/test_config.py holds the two equal).
 """
 
 from __future__ import annotations
@@ -35,15 +37,26 @@ def _ddp_start_method() -> str:
     return "popen" if SLURMEnvironment.detect() else "spawn"
 
 
-def _width_for_size(width_at_64: int, image_size: int, minimum: int = 16) -> int:
+#: ``base_width`` at 64 px of every ``model=<name>`` config (its
+#: ``${ag.width_for_size:32,${data.image_size}}``) and of the classes built without one.
+WIDTH_AT_64 = 32
+
+
+def width_for_size(width_at_64: int, image_size: int, minimum: int = 16) -> int:
+    """``width_at_64`` at 64 px, halved for every doubling of ``image_size``, >= ``minimum``."""
     return max(int(minimum), round(int(width_at_64) * 64 / int(image_size)))
+
+
+def default_base_width(image_size: int) -> int:
+    """The project's ``base_width`` at ``image_size`` (64 at 32 px, 32 at 64, 16 from 128)."""
+    return width_for_size(WIDTH_AT_64, image_size)
 
 
 def register_resolvers() -> None:
     for name, function in (
         ("ag.join", _join),
         ("ag.ddp_start_method", _ddp_start_method),
-        ("ag.width_for_size", _width_for_size),
+        ("ag.width_for_size", width_for_size),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)

@@ -29,7 +29,8 @@ becomes an error), plus a ``conf/model/scorer/<name>.yaml`` that selects it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Literal
 
 import torch
@@ -46,6 +47,25 @@ FIELDS = (
     "normalize_map",
     "pooling",
     "top_k_fraction",
+)
+
+#: The models' default score, the one home of its settings: what every model class scores with
+#: when built without ``scorer`` and what ``conf/model/scorer/difference_map.yaml`` (selected by
+#: every ``model=<name>`` config) mirrors, key for key (tests/test_config.py). |Gaussian σ=4 of
+#: x − x̂| (texture error cancels, darker or brighter defects stay), standardised per pixel by
+#: the validation normals, mean of the top 5 % pixels (docs/what-works.md). The papers' scores
+#: are the other ``conf/model/scorer`` files, chosen by ``model=<name>_paper``.
+DEFAULT_SCORER: Mapping[str, Any] = MappingProxyType(
+    {
+        "latent_weight": 0.0,
+        "reconstruction_weight": 1.0,
+        "reconstruction_norm": "l1",
+        "map_sigma": 4.0,
+        "smooth_difference": True,
+        "normalize_map": True,
+        "pooling": "top_k",
+        "top_k_fraction": 0.05,
+    }
 )
 
 
@@ -118,6 +138,9 @@ class AnomalyScore(nn.Module):
       channels, optionally smoothed and standardised (module docstring), pooled to one
       number per image;
     - Skip-GANomaly's score is the mix 0.9 * reconstruction (l2) + 0.1 * latent.
+
+    The constructor's defaults are GANomaly's latent score; the models' default is
+    :data:`DEFAULT_SCORER` (``AnomalyScore(**DEFAULT_SCORER)``).
 
     Args (the ``model.scorer.*`` keys, in this order):
         latent_weight, reconstruction_weight: the two terms' weights (>= 0, not both 0).
@@ -201,7 +224,7 @@ class AnomalyScore(nn.Module):
     # ------------------------------------------------------------------------ config
     @classmethod
     def from_config(
-        cls, config: AnomalyScore | dict[str, Any], image_size: int | None = None
+        cls, config: AnomalyScore | Mapping[str, Any], image_size: int | None = None
     ) -> AnomalyScore:
         """A fresh, uncalibrated scorer with ``config``'s settings (a dict or a scorer)."""
         if isinstance(config, AnomalyScore):

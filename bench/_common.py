@@ -1,6 +1,9 @@
 """Shared by the benchmark scripts: models, timing, memory, cells, result files, BENCHMARKS.md.
 
-- Models come from :mod:`anomaly_gan.models.registry` (the one list of architectures).
+- Models come from :mod:`anomaly_gan.models.registry` (the one list of architectures), with
+  the project's defaults (the classes' = ``model=<name>``) or, for figures about the
+  published networks, the papers' settings read from ``conf/model/<name>_paper.yaml``
+  (:func:`build_model`).
 - Training is timed through the real ``lightning.Trainer.fit``, so every figure measures the
   core's own :meth:`GanAnomalyModule.training_step` (:func:`fit_timed`).
 - Each (model, size, ...) cell can run in a fresh subprocess (:func:`run_cell`), so one cell's
@@ -57,8 +60,33 @@ def model_names() -> list[str]:
     return list(ARCHITECTURES)
 
 
-def build_model(name: str, size: int, channels: int = 3, **options: Any) -> Any:
-    """The registered LightningModule ``name`` at ``size`` px with its default settings."""
+def model_config(config: str, size: int, channels: int = 3) -> Any:
+    """``cfg.model`` of ``python train.py model=<config>`` at ``size`` px, composed by Hydra
+    from ``conf/`` as train.py composes it (``model=ganomaly_paper``: the paper's setting)."""
+    ensure_repo_on_path()
+    from hydra import compose, initialize_config_dir
+
+    import anomaly_gan.resolvers  # noqa: F401  (the ${ag.*} resolvers the configs use)
+
+    overrides = [f"model={config}", f"data.image_size={size}", f"data.channels={channels}"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        return compose("train", overrides=overrides).model
+
+
+def build_model(
+    name: str, size: int, channels: int = 3, *, paper: bool = False, **options: Any
+) -> Any:
+    """The registered LightningModule ``name`` at ``size`` px.
+
+    Default: the class's defaults, the project's (what ``model=<name>`` trains). ``paper``:
+    the paper's setting, as ``model=<name>_paper`` builds it (width 64, every skip, Skip-SA
+    attention on every level, the paper's loss and score). ``options`` override either.
+    """
+    if paper:
+        import hydra
+
+        config = model_config(f"{name}_paper", size, channels)
+        return hydra.utils.instantiate(config, _convert_="all", **options)
     ensure_repo_on_path()
     from anomaly_gan.models.registry import architecture
 

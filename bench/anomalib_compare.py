@@ -12,7 +12,9 @@ repository: both implementations run in the same interpreter, on the same torch,
 and threads.
 
 Both networks are the reference GANomaly (latent 100, width 64, no extra layers, final
-conv), 3 channels, Adam 2e-4 (0.5, 0.999), random images in [-1, 1]. Per round and size:
+conv), 3 channels, Adam 2e-4 (0.5, 0.999), random images in [-1, 1]; ours is built as
+``model=ganomaly_paper`` (read from its config: width 64, feature matching + L1 loss,
+latent-distance score), not with the project's defaults. Per round and size:
 
 - training: each library's real LightningModule through ``lightning.Trainer.fit``
   (:func:`_common.fit_timed`), ours then theirs, ``--warmup`` + ``--steps`` batches each.
@@ -103,8 +105,8 @@ def ensure_environment() -> None:
 
 # ------------------------------------------------------------------------- builders
 def ours(size: int) -> Any:
-    """Our GANomaly LightningModule with the reference widths."""
-    return common.build_model("ganomaly", size, latent_dim=100, base_width=64)
+    """Our GANomaly LightningModule in the reference setting (``model=ganomaly_paper``)."""
+    return common.build_model("ganomaly", size, paper=True)
 
 
 def theirs(size: int, batch: int) -> Any:

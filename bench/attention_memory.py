@@ -1,7 +1,7 @@
 """Self-attention memory: the fused attention of Skip-SA and MIFE against a plain N×N softmax.
 
     NO_ALBUMENTATIONS_UPDATE=1 .venv/bin/python bench/attention_memory.py [--device cuda]
-    .venv/bin/python bench/attention_memory.py --configs skip_sa:32 --no-record   # quick look
+    .venv/bin/python bench/attention_memory.py --configs skip_sa:64 --no-record   # quick look
 
 :class:`anomaly_gan.nets.blocks.SelfAttention2d` computes SAGAN attention with
 ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels: O(N) memory in the
@@ -10,7 +10,8 @@ attention matrix: ``softmax(QᵀK)`` of shape (B, N, N), kept for the backward p
 gradient. This script measures one generator forward + backward (``model.generate``, loss =
 mean of the reconstruction) per cell, in a fresh subprocess:
 
-- ``fused``: the model as shipped;
+- ``fused``: the model as shipped, in the paper's setting (``model=<name>_paper``, read from
+  its config: Skip-SA with attention on every encoder level, width 64);
 - ``plain``: every ``SelfAttention2d`` of the same model, same weights, runs the textbook
   N×N computation (:func:`plain_attention`, bound to the instances here in the benchmark;
   the model code has no switch for it).
@@ -70,7 +71,7 @@ def positions(name: str, size: int, model: Any = None) -> list[int]:
     """N = H·W at every attention layer, found with a forward hook on a 1-image pass."""
     import torch
 
-    model = model if model is not None else common.build_model(name, size)
+    model = model if model is not None else common.build_model(name, size, paper=True)
     found: list[int] = []
     hooks = [
         layer.register_forward_hook(
@@ -103,7 +104,7 @@ def measure(args: argparse.Namespace, name: str, size: int, impl: str) -> dict[s
     device = args.device
     common.set_threads(args.threads)
     torch.manual_seed(0)
-    model = common.build_model(name, size)
+    model = common.build_model(name, size, paper=True)
     found = positions(name, size, model)
     if impl == "plain":
         for layer in _attention_layers(model):
@@ -185,6 +186,7 @@ def markdown(data: dict[str, Any]) -> str:
         )
     options = data["options"]
     description = (
+        "The papers' networks (`model=<name>_paper`: Skip-SA with attention on every level). "
         f"Device {options['device']}; generator forward + backward, batch {options['batch']}, "
         f"{options['warmup']} warm-up + {options['steps']} timed passes. Peak MiB = "
         f"{common.memory_label(options['device'])}. 'N×N matrices' = what the plain attention "

@@ -5,7 +5,11 @@
     .venv/bin/python bench/speed.py --models ganomaly --sizes 64 --steps 5
     .venv/bin/python bench/speed.py --models ganomaly --sizes 32 --batch 2 --steps 1 --no-record
 
-The models are those of ``anomaly_gan.models.registry``, each with its default settings.
+The models are those of ``anomaly_gan.models.registry``, each in its paper setting as
+``model=<name>_paper`` builds it (read from ``conf/model/<name>_paper.yaml``: width 64,
+every skip, Skip-SA attention on every level, the paper's loss and score), the published
+networks the figures in BENCHMARKS.md describe; the project's defaults (``model=<name>``)
+are narrower and faster.
 Every (model, size, training|inference) cell runs in a fresh subprocess, so one cell's
 memory high-water mark never hides another's, and a cell that runs out of memory or time
 is recorded as skipped with the reason instead of stopping the run.
@@ -58,7 +62,7 @@ def measure(args: argparse.Namespace, name: str, size: int, mode: str) -> dict[s
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     common.set_threads(args.threads)
     torch.manual_seed(0)
-    model = common.build_model(name, size).to(memory_format=memory_format)
+    model = common.build_model(name, size, paper=True).to(memory_format=memory_format)
     batch = args.batch or (GPU_BATCH if common.is_cuda(device) else CPU_BATCH[size])
     warmup, steps = args.warmup, args.steps
     if device == "cpu" and size >= BIG_CPU_SIZE and not args.batch:
@@ -147,8 +151,10 @@ def markdown(data: dict[str, Any]) -> str:
     )
     options = data["options"]
     description = (
-        f"Device {options['device']}, precision {options['precision']}, channels-last "
-        f"{options['channels_last']}; {options['warmup']} warm-up + {options['steps']} timed "
+        "The papers' networks (`model=<name>_paper`: width 64, every skip, Skip-SA attention "
+        f"on every level). Device {options['device']}, precision {options['precision']}, "
+        f"channels-last {options['channels_last']}; {options['warmup']} warm-up + "
+        f"{options['steps']} timed "
         "steps per cell, median step. Training through `lightning.Trainer.fit` (each batch runs "
         "the core's `training_step`: D update + G update); inference `model(image)` in eval "
         f"mode. MiB = {common.memory_label(options['device'])}. (bN) = batch size; * = one cold "

@@ -6,8 +6,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import hydra
 import pytest
+from hydra import compose, initialize_config_dir
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -18,6 +21,21 @@ CONFIG_DIR = REPO_ROOT / "conf"
 # need it skip when it is absent).
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 MAGNETIC_TILE = SHARED_DATA / "magnetic_tile"
+
+
+def compose_model(config: str, image_size: int, channels: int = 3) -> Any:
+    """``cfg.model`` of ``python train.py model=<config>`` at this image size and channels."""
+    import anomaly_gan.resolvers  # noqa: F401  (the ${ag.*} resolvers, as train.py registers)
+
+    overrides = [f"model={config}", f"data.image_size={image_size}", f"data.channels={channels}"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return compose("train", overrides=overrides).model
+
+
+def build_from_config(config: str, image_size: int, channels: int = 3, **overrides: Any) -> Any:
+    """The model ``python train.py model=<config>`` trains (``model.<key>`` overrides too)."""
+    cfg = compose_model(config, image_size, channels)
+    return hydra.utils.instantiate(cfg, _convert_="all", **overrides)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,8 @@ from anomaly_gan.nets import (
     SelfAttentionUnet,
 )
 from anomaly_gan.nets.dcgan import count_parameters
-from anomaly_gan.scoring import AnomalyScore
+from anomaly_gan.scoring import DEFAULT_SCORER
+from tests.conftest import build_from_config
 
 MODELS: dict[str, type[GanAnomalyModule]] = ARCHITECTURES
 SIZES = (32, 64)
@@ -34,10 +35,25 @@ SIZES = (32, 64)
 # paths as the defaults, a fraction of the CPU time.
 NARROW = {"base_width": 16}
 
-# (generator, discriminator) parameters at 3 channels, default widths. Pinned so that an
-# accidental change of any layer fails here; the MIFE/Baseline difference is also derived
-# from the paper's layer list in test_mife_adds_exactly_attention_and_skip_widths.
+# (generator, discriminator) parameters at 3 channels. Pinned so that an accidental change of
+# any layer fails here. The classes' defaults are the project's (model=<name>: width 64 at
+# 32 px and 32 at 64 px, the deepest skip only, Skip-SA attention on levels 3-5):
 PARAMETER_COUNTS: dict[tuple[str, int], tuple[int, int]] = {
+    ("ganomaly", 32): (3_206_528, 663_296),
+    ("ganomaly", 64): (3_300_544, 694_656),
+    ("skip_ganomaly", 32): (16_000_643, 663_296),
+    ("skip_ganomaly", 64): (16_063_299, 694_656),
+    ("skip_sa", 32): (3_956_897, 663_296),
+    ("skip_sa", 64): (2_585_761, 694_656),
+    ("mife", 32): (32_531_177, 663_296),
+    ("mife", 64): (8_497_065, 694_656),
+    ("baseline", 32): (22_502_247, 663_296),
+    ("baseline", 64): (5_989_351, 694_656),
+}
+# The papers' networks, as model=<name>_paper builds them (width 64, every skip, Skip-SA
+# attention on every level); the MIFE/Baseline difference is also derived from the paper's
+# layer list in test_mife_adds_exactly_attention_and_skip_widths.
+PAPER_PARAMETER_COUNTS: dict[tuple[str, int], tuple[int, int]] = {
     ("ganomaly", 32): (3_206_528, 663_296),
     ("ganomaly", 64): (10_729_856, 2_765_568),
     ("skip_ganomaly", 32): (16_659_075, 663_296),
@@ -71,8 +87,17 @@ def _one_thread() -> Any:
 
 
 def build(name: str, image_size: int = 32, channels: int = 3, **kwargs: Any) -> GanAnomalyModule:
+    """The class with its defaults, the project's (what ``model=<name>`` builds)."""
     torch.manual_seed(0)
     return MODELS[name](image_size=image_size, channels=channels, **kwargs)
+
+
+def build_paper(
+    name: str, image_size: int = 32, channels: int = 3, **kwargs: Any
+) -> GanAnomalyModule:
+    """The paper's setting: what ``model=<name>_paper`` builds (read from its config)."""
+    torch.manual_seed(0)
+    return build_from_config(f"{name}_paper", image_size, channels, **kwargs)
 
 
 # ------------------------------------------------------------------- shapes and sizes
@@ -94,8 +119,17 @@ def test_output_shapes_finite_and_parameter_counts(name: str, image_size: int) -
         for tensor in (output.reconstruction, latent_in, latent_out, scores):
             assert torch.isfinite(tensor).all()
         if channels == 3:
-            counts = (count_parameters(model.generator), count_parameters(model.discriminator))
-            assert counts == PARAMETER_COUNTS[(name, image_size)]
+            assert _counts(model) == PARAMETER_COUNTS[(name, image_size)]
+
+
+def _counts(model: GanAnomalyModule) -> tuple[int, int]:
+    return count_parameters(model.generator), count_parameters(model.discriminator)
+
+
+@pytest.mark.parametrize("image_size", SIZES)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_paper_networks_keep_their_parameter_counts(name: str, image_size: int) -> None:
+    assert _counts(build_paper(name, image_size)) == PAPER_PARAMETER_COUNTS[(name, image_size)]
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -127,11 +161,10 @@ def test_networks_validate_their_own_size(network: Any, size: int) -> None:
 def test_larger_sizes_work_for_every_model(name: str) -> None:
     """128 px runs (one grey image); 256 px is built only, to keep the suite fast.
 
-    Skip-SA runs at 128 px without attention on levels 1-2 (128² and 64² positions): the
+    Skip-SA runs with its default attention levels 3-5, none at 128² and 64² positions: the
     attention maths is tested on its own below, and 16,384² attention takes seconds on CPU.
     """
-    kwargs: dict[str, Any] = {"attention_levels": [3, 4, 5]} if name == "skip_sa" else {}
-    model = build(name, 128, 1, **kwargs).eval()
+    model = build(name, 128, 1).eval()
     image = torch.rand(1, 1, 128, 128) * 2 - 1
     with torch.no_grad():
         reconstruction = model.generate(image).reconstruction
@@ -158,20 +191,15 @@ def test_hparams_rebuild_the_same_model() -> None:
 
 
 # -------------------------------------------------------------------- architecture facts
-def test_default_loss_is_the_configs_and_scores_follow_the_papers() -> None:
-    """Without a ``loss`` every class trains ``GeneratorLoss()``: feature matching + L1,
-    1 / 50 / 1 (conf/loss/feature_matching_l1), as every ``model=<name>`` config; the papers'
-    losses are ``model=<name>_paper``. Scores default to the papers' (model=<name>_paper)."""
-    fm_l1 = GeneratorLoss(1.0, 50.0, 1.0, "l1", "feature_matching", "l2")
-    assert build("ganomaly").loss_fn == fm_l1
-    skip = build("skip_ganomaly")
-    assert skip.loss_fn == fm_l1
-    assert skip.scorer.to_config() == AnomalyScore(0.1, 0.9, "l2").to_config()
-    assert build("skip_sa").loss_fn == fm_l1
-    for name in ("mife", "baseline"):
-        model = build(name)
-        assert model.loss_fn == fm_l1
-        assert model.scorer.to_config() == AnomalyScore(0.0, 1.0, "l1").to_config()
+@pytest.mark.parametrize("name", list(MODELS))
+def test_default_loss_and_score_are_the_configs(name: str) -> None:
+    """Without a ``loss`` or ``scorer`` every class trains ``GeneratorLoss()``: feature matching
+    + L1, 1 / 50 / 1 (conf/loss/feature_matching_l1), and scores with the difference map
+    (conf/model/scorer/difference_map), as every ``model=<name>`` config; the papers' losses
+    and scores are ``model=<name>_paper`` (tests/test_config.py compares every hparam)."""
+    model = build(name)
+    assert model.loss_fn == GeneratorLoss(1.0, 50.0, 1.0, "l1", "feature_matching", "l2")
+    assert model.scorer.to_config() == dict(DEFAULT_SCORER)
 
 
 @pytest.mark.parametrize("image_size", [32, 64, 128])
@@ -222,7 +250,7 @@ def _attention_parameters(channels: int) -> int:
 
 def test_mife_adds_exactly_attention_and_skip_widths() -> None:
     """MIFE = Baseline + SelfAttention after blocks 4, 5 + doubled decoder inputs (II.C)."""
-    mife, baseline = build("mife"), build("baseline")
+    mife, baseline = build_paper("mife"), build_paper("baseline")
     encoder_widths = [64, 128, 256, 512, 1024]
     decoder_outputs = [512, 256, 128, 64, 3]
     extra_skip_weights = sum(  # each ConvTranspose2d(4, 2, 1) sees `width` more inputs
@@ -256,22 +284,32 @@ def _decoder_input_widths(model: GanAnomalyModule) -> list[int]:
     return [step[0].in_channels for step in net.decoder.steps]
 
 
-@pytest.mark.parametrize("name", ["skip_ganomaly", "skip_sa", "mife"])
-def test_every_skip_by_default_as_in_the_papers(name: str) -> None:
-    full, none = build(name), build(name, skip_levels=[])
-    narrower = [
-        a > b for a, b in zip(_decoder_input_widths(full), _decoder_input_widths(none), strict=True)
+def _levels_with_skips(model: GanAnomalyModule, name: str) -> list[bool]:
+    """Per decoder level (deepest first): is its input wider than without any skip?"""
+    none = build(name, base_width=model.hparams.base_width, skip_levels=[])
+    return [
+        a > b
+        for a, b in zip(_decoder_input_widths(model), _decoder_input_widths(none), strict=True)
     ]
-    depth = len(narrower)
+
+
+@pytest.mark.parametrize("name", ["skip_ganomaly", "skip_sa", "mife"])
+def test_every_skip_in_the_papers_and_the_deepest_by_default(name: str) -> None:
+    paper = _levels_with_skips(build_paper(name), name)
+    depth = len(paper)
     # every decoder level takes a skip, except pix2pix's innermost one (it has none)
-    assert sum(narrower) == (depth - 1 if name == "skip_ganomaly" else depth)
+    assert sum(paper) == (depth - 1 if name == "skip_ganomaly" else depth)
+    # the default (model=<name>, skip_levels [-1]): only the deepest level with a skip
+    deepest = 1 if name == "skip_ganomaly" else 0  # pix2pix: the level above the innermost
+    expected = [level == deepest for level in range(depth)]
+    assert _levels_with_skips(build(name), name) == expected
 
 
 @pytest.mark.parametrize("name", ["skip_ganomaly", "skip_sa", "mife"])
 def test_skip_levels_keep_only_the_chosen_skips(name: str) -> None:
     """Dropping a level's skip removes exactly that level's encoder width from its decoder
     input, leaves the other levels alone, and the network still maps image -> image."""
-    full = build(name)
+    full = build(name, skip_levels=None)
     deep_only = build(name, skip_levels=[4])
     none = build(name, skip_levels=[])
     widths_full = _decoder_input_widths(full)
@@ -323,7 +361,7 @@ def test_skip_levels_out_of_range_name_the_key() -> None:
 
 @pytest.mark.parametrize("image_size", [32, 64])
 def test_mife_encoder_matches_the_paper_layers(image_size: int) -> None:
-    encoder = build("baseline", image_size).generator.encoder
+    encoder = build_paper("baseline", image_size).generator.encoder
     convs = [block[0] for block in encoder.blocks]
     assert [(c.in_channels, c.out_channels) for c in convs] == [
         (3, 64),

@@ -11,9 +11,11 @@ from omegaconf import OmegaConf, open_dict
 
 import anomaly_gan.resolvers  # noqa: F401  (registers the ${ag.*} resolvers, as train.py does)
 from anomaly_gan.losses import GeneratorLoss
-from anomaly_gan.models import Mife
 from anomaly_gan.models.registry import ARCHITECTURES
-from tests.conftest import CONFIG_DIR
+from anomaly_gan.nets.dcgan import count_parameters
+from anomaly_gan.resolvers import default_base_width
+from anomaly_gan.scoring import DEFAULT_SCORER, FIELDS
+from tests.conftest import CONFIG_DIR, compose_model
 
 # model config -> the conf/loss file its defaults list selects (one file per distinct setting).
 MODEL_LOSS = {
@@ -121,10 +123,47 @@ def test_model_classes_default_to_the_loss_of_their_config(tmp_path: Path, name:
     assert ARCHITECTURES[name].default_loss == expected
 
 
-def test_mife_built_in_python_has_the_loss_of_model_mife(tmp_path: Path) -> None:
-    cfg = _compose(tmp_path, ["model=mife", "data.image_size=64"])
-    from_config = hydra.utils.instantiate(cfg.model, _convert_="all")
-    assert Mife(image_size=64, channels=3).loss_fn == from_config.loss_fn
+def _plain(value):
+    """Tuples as lists, recursively: a class default ``(-1,)`` is the config's ``[-1]``."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+@pytest.mark.parametrize("image_size", [32, 64, 128])
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_model_class_defaults_are_the_config(name: str, image_size: int) -> None:
+    """``Cls(image_size=s, channels=c)`` is the model ``python train.py model=<name>`` trains
+    at that size: every hyperparameter (loss, scorer, width, skip and attention levels, ...)
+    and every layer. The three sizes give the three widths of the size rule (64, 32, 16)."""
+    cfg = compose_model(name, image_size)
+    from_config = hydra.utils.instantiate(cfg, _convert_="all")
+    from_class = ARCHITECTURES[name](image_size=image_size, channels=cfg.channels)
+    assert _plain(dict(from_class.hparams)) == _plain(dict(from_config.hparams))
+    assert from_class.hparams["base_width"] == default_base_width(image_size)
+    assert from_class.hparams["scorer"] == dict(DEFAULT_SCORER)
+    for network in ("generator", "discriminator"):
+        assert count_parameters(getattr(from_class, network)) == count_parameters(
+            getattr(from_config, network)
+        )
+
+
+@pytest.mark.parametrize("image_size", [32, 64, 96, 128, 256, 512])
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_config_width_is_the_classes_default_width(name: str, image_size: int) -> None:
+    """Each ``model=<name>``'s ``${ag.width_for_size:32,...}`` = ``default_base_width``."""
+    assert compose_model(name, image_size).base_width == default_base_width(image_size)
+
+
+def test_default_scorer_is_the_difference_map_config() -> None:
+    """:data:`DEFAULT_SCORER` (the classes' default) = conf/model/scorer/difference_map.yaml
+    (every ``model=<name>``'s), every field of the scorer set."""
+    config = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model/scorer/difference_map.yaml"))
+    assert config.pop("_target_") == "anomaly_gan.scoring.AnomalyScore"
+    assert config == dict(DEFAULT_SCORER)
+    assert tuple(DEFAULT_SCORER) == FIELDS
 
 
 @pytest.mark.parametrize("model", ["ganomaly", "skip_sa_paper", "mife_paper"])

@@ -22,6 +22,7 @@ The manual step follows Lightning's GAN example and the GANomaly reference:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,8 @@ from torch import Tensor, nn
 from anomaly_gan.corruption import SyntheticDefects
 from anomaly_gan.losses import GeneratorLoss, discriminator_loss, distance
 from anomaly_gan.nets.init import dcgan_init
-from anomaly_gan.scoring import AnomalyScore
+from anomaly_gan.resolvers import default_base_width
+from anomaly_gan.scoring import DEFAULT_SCORER, AnomalyScore
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +63,20 @@ class GeneratorOutput:
 class GanAnomalyModule(L.LightningModule):
     """Adversarially trained autoencoder for anomaly detection (base class).
 
+    Every default, here and in the architectures, is the project's: a class built with only
+    ``image_size`` and ``channels`` is the model ``python train.py model=<name>`` trains at
+    that size (tests/test_config.py). The papers' settings are ``model=<name>_paper``
+    (conf/model/<name>_paper.yaml), or the same arguments passed explicitly.
+
     Args:
         image_size: side of the square input; comes from ``data.image_size``.
         channels: 1 or 3; comes from ``data.channels``.
-        loss: generator objective (``loss`` config group).
+        loss: generator objective (``loss`` config group); ``None``: :attr:`default_loss`,
+            ``GeneratorLoss()`` = conf/loss/feature_matching_l1.yaml.
         scorer: how a test image becomes an anomaly score (``model/scorer`` group); the
             model builds its own scorer module from these settings (a given scorer's
-            calibration is not copied).
+            calibration is not copied). ``None``: :attr:`default_scorer`,
+            :data:`~anomaly_gan.scoring.DEFAULT_SCORER` = conf/model/scorer/difference_map.yaml.
         lr, betas: Adam settings shared by both optimizers (GANomaly: 2e-4, (0.5, 0.999)).
         d_reinit_floor: re-initialise D when its loss falls below this; 0 disables.
         threshold_quantile: decision threshold = this quantile of validation-normal scores.
@@ -79,7 +88,7 @@ class GanAnomalyModule(L.LightningModule):
     """
 
     default_loss = GeneratorLoss()
-    default_scorer = AnomalyScore()
+    default_scorer: Mapping[str, Any] = DEFAULT_SCORER
 
     def __init__(
         self,
@@ -118,6 +127,17 @@ class GanAnomalyModule(L.LightningModule):
         self.d_reinit_count = 0
         self._val_maps: list[Tensor] = []
         self._val_latent: list[Tensor] = []
+
+    def resolve_base_width(self, base_width: int | None) -> int:
+        """``base_width``, or the project's width for this image size when ``None``
+        (:func:`~anomaly_gan.resolvers.default_base_width`, the rule the configs'
+        ``${ag.width_for_size:32,${data.image_size}}`` applies). The width is written into
+        the hyperparameters, so they and a checkpoint name the width the model was built with.
+        """
+        if base_width is None:
+            base_width = default_base_width(self.hparams.image_size)
+        self.hparams["base_width"] = base_width
+        return base_width
 
     @property
     def threshold(self) -> Tensor:

@@ -4,12 +4,16 @@ Akcay, Atapour-Abarghouei, Breckon, "GANomaly: Semi-Supervised Anomaly Detection
 Adversarial Training", ACCV 2018, Sec. 3.
 
 Generator: DCGAN encoder -> decoder -> second encoder; discriminator: DCGAN encoder with
-one logit. The class's defaults are the reference ones (docs/reference-code.md, section 2):
-latent 100, width 64, losses feature-matching adversarial / L1 context / L2 encoder with
-weights 1 / 50 / 1 (``GeneratorLoss()``, conf/loss/feature_matching_l1.yaml, which
-``model=ganomaly`` trains with too), and the latent-distance score. ``model=ganomaly``
-narrows the width for CPUs and scores with the difference map; ``model=ganomaly_paper`` is
-the reference setting.
+one logit.
+
+Defaults are the project's, those of ``model=ganomaly`` (conf/model/ganomaly.yaml): latent
+100, ``base_width=None`` = the CPU-friendly width for the image size (64 at 32 px, 32 at
+64 px, 16 from 128 px; :func:`anomaly_gan.resolvers.default_base_width`), losses
+feature-matching adversarial / L1 context / L2 encoder with weights 1 / 50 / 1
+(``GeneratorLoss()``, conf/loss/feature_matching_l1.yaml, also the paper's) and the
+difference-map score (:data:`anomaly_gan.scoring.DEFAULT_SCORER`). The reference setting
+(docs/reference-code.md, section 2: width 64, latent-distance score) is
+``model=ganomaly_paper`` (conf/model/ganomaly_paper.yaml).
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ class Ganomaly(GanAnomalyModule):
         image_size: int = 32,
         channels: int = 3,
         latent_dim: int = 100,
-        base_width: int = 64,
+        base_width: int | None = None,
         max_width: int | None = None,
         **core: Any,
     ) -> None:
         super().__init__(image_size=image_size, channels=channels, **core)
+        base_width = self.resolve_base_width(base_width)
         self.generator = GanomalyGenerator(image_size, channels, latent_dim, base_width, max_width)
         self.discriminator = DcganDiscriminator(image_size, channels, base_width, max_width)
         self.init_weights()

@@ -13,12 +13,15 @@ Losses (II.D): L2 reconstruction, BCE adversarial, L2 encoder term
 reconstruction (so :meth:`generate` returns ``latent_in = E(x)``, ``latent_out = E(G(x))``).
 Score (eq. 5): mean absolute reconstruction error.
 
-What trains by default: both classes, like ``model=mife`` / ``model=baseline``, use GANomaly's
-loss form (feature matching + L1, 1 / 50 / 1: ``GeneratorLoss()``,
-conf/loss/feature_matching_l1.yaml); the paper's loss is conf/loss/bce_l2.yaml
-(``model=<name>_paper``, or ``loss=`` here). The classes' other defaults are still the
-paper's (width 64, MIFE's five skips, the L1 score, as ``model=<name>_paper``); the
-``model=<name>`` configs narrow width and skips and score with the difference map.
+Defaults are the project's, those of ``model=mife`` / ``model=baseline``
+(conf/model/mife.yaml, conf/model/baseline.yaml): ``base_width=None`` = the CPU-friendly
+width for the image size (64 at 32 px, 32 at 64 px, 16 from 128 px;
+:func:`anomaly_gan.resolvers.default_base_width`), MIFE's deepest skip only
+(``skip_levels=(-1,)``), GANomaly's loss form (feature matching + L1, 1 / 50 / 1:
+``GeneratorLoss()``, conf/loss/feature_matching_l1.yaml) and the difference-map score
+(:data:`anomaly_gan.scoring.DEFAULT_SCORER`). The paper setting (width 64, MIFE's five
+skips, BCE + L2 loss, the L1 score of eq. 5) is ``model=mife_paper`` /
+``model=baseline_paper`` (conf/model/<name>_paper.yaml).
 
 Choices where the paper is silent:
 - Discriminator: not described; we use the DCGAN/GANomaly discriminator.
@@ -40,7 +43,6 @@ from anomaly_gan.models.core import GanAnomalyModule, GeneratorOutput
 from anomaly_gan.nets.autoencoder import ConvAutoencoder, supported_autoencoder_sizes
 from anomaly_gan.nets.blocks import check_image_size
 from anomaly_gan.nets.dcgan import DcganDiscriminator, supported_dcgan_sizes
-from anomaly_gan.scoring import AnomalyScore
 
 
 def supported_sizes() -> list[int]:
@@ -56,21 +58,18 @@ class _AutoencoderGan(GanAnomalyModule):
     and a checkpoint reloads by passing them back to the subclass).
     """
 
-    # default_loss: the core's GeneratorLoss(), what model=mife / model=baseline compose.
-    default_scorer = AnomalyScore(
-        latent_weight=0.0, reconstruction_weight=1.0, reconstruction_norm="l1"
-    )
     generator: ConvAutoencoder
 
     def _build(
         self,
         name: str,
         latent_dim: int,
-        base_width: int,
+        base_width: int | None,
         skip_levels: Sequence[int] | None,
         attention_levels: Sequence[int],
     ) -> None:
         image_size, channels = self.hparams.image_size, self.hparams.channels
+        base_width = self.resolve_base_width(base_width)
         check_image_size(image_size, supported_sizes(), name)
         self.generator = ConvAutoencoder(
             image_size, channels, latent_dim, base_width, skip_levels, attention_levels
@@ -87,8 +86,8 @@ class _AutoencoderGan(GanAnomalyModule):
 class Mife(_AutoencoderGan):
     """U-Net autoencoder with self-attention after encoder blocks 4 and 5 (II.C).
 
-    ``skip_levels``: encoder blocks (1–5) concatenated into the decoder; ``None`` = all five
-    (the paper).
+    ``skip_levels``: encoder blocks (1–5, -1 = 5) concatenated into the decoder; the default
+    is the deepest only (``model=mife``), ``None`` = all five (the paper, ``model=mife_paper``).
     """
 
     def __init__(
@@ -96,9 +95,9 @@ class Mife(_AutoencoderGan):
         image_size: int = 32,
         channels: int = 3,
         latent_dim: int = 100,
-        base_width: int = 64,
+        base_width: int | None = None,
         attention_levels: Sequence[int] = (4, 5),
-        skip_levels: Sequence[int] | None = None,
+        skip_levels: Sequence[int] | None = (-1,),
         **core: Any,
     ) -> None:
         super().__init__(image_size=image_size, channels=channels, **core)
@@ -113,7 +112,7 @@ class MifeBaseline(_AutoencoderGan):
         image_size: int = 32,
         channels: int = 3,
         latent_dim: int = 100,
-        base_width: int = 64,
+        base_width: int | None = None,
         **core: Any,
     ) -> None:
         super().__init__(image_size=image_size, channels=channels, **core)

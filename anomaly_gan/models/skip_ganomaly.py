@@ -13,12 +13,14 @@ Paper setting (docs/reference-code.md, section 3): BCE adversarial / L1 context 
 with weights 1 / 50 / 1 (conf/loss/bce_l1.yaml); score 0.9 · mean squared reconstruction
 error + 0.1 · latent distance.
 
-What trains by default: this class, like ``model=skip_ganomaly``, uses GANomaly's feature
-matching instead of BCE (``GeneratorLoss()``, conf/loss/feature_matching_l1.yaml); the
-paper's loss is ``model=skip_ganomaly_paper`` (or ``loss=`` here). The class's other
-defaults are still the paper's (width 64, every skip, the 0.9 / 0.1 score, as
-``model=skip_ganomaly_paper``); ``model=skip_ganomaly`` narrows width and skips and scores
-with the difference map.
+Defaults are the project's, those of ``model=skip_ganomaly`` (conf/model/skip_ganomaly.yaml):
+``base_width=None`` = the CPU-friendly width for the image size (64 at 32 px, 32 at 64 px,
+16 from 128 px; :func:`anomaly_gan.resolvers.default_base_width`), the deepest skip only
+(``skip_levels=(-1,)``), GANomaly's feature matching + L1 loss instead of BCE
+(``GeneratorLoss()``, conf/loss/feature_matching_l1.yaml) and the difference-map score
+(:data:`anomaly_gan.scoring.DEFAULT_SCORER`). The paper setting above (width 64, every skip,
+its loss and the 0.9 / 0.1 score) is ``model=skip_ganomaly_paper``
+(conf/model/skip_ganomaly_paper.yaml).
 
 Choices and fixes:
 - Discriminator: the reference's is "DCGAN encoder to nz features, then a 1-output
@@ -41,7 +43,6 @@ from anomaly_gan.models.core import GanAnomalyModule, GeneratorOutput
 from anomaly_gan.nets.blocks import check_image_size
 from anomaly_gan.nets.dcgan import DcganDiscriminator, supported_dcgan_sizes
 from anomaly_gan.nets.unet import Pix2PixUnet, supported_pix2pix_sizes
-from anomaly_gan.scoring import AnomalyScore
 
 
 def supported_sizes() -> list[int]:
@@ -52,21 +53,17 @@ def supported_sizes() -> list[int]:
 class SkipGanomaly(GanAnomalyModule):
     """U-Net generator + DCGAN discriminator; latent loss on the discriminator's features."""
 
-    # default_loss: the core's GeneratorLoss(), what model=skip_ganomaly composes.
-    default_scorer = AnomalyScore(
-        latent_weight=0.1, reconstruction_weight=0.9, reconstruction_norm="l2"
-    )
-
     def __init__(
         self,
         image_size: int = 32,
         channels: int = 3,
-        base_width: int = 64,
+        base_width: int | None = None,
         max_width: int = 512,
-        skip_levels: Sequence[int] | None = None,
+        skip_levels: Sequence[int] | None = (-1,),
         **core: Any,
     ) -> None:
         super().__init__(image_size=image_size, channels=channels, **core)
+        base_width = self.resolve_base_width(base_width)
         check_image_size(image_size, supported_sizes(), "Skip-GANomaly")
         self.generator = Pix2PixUnet(image_size, channels, base_width, max_width, skip_levels)
         self.discriminator = DcganDiscriminator(image_size, channels, base_width)

@@ -12,12 +12,17 @@ w_ctx 0.3 (our w_con), w_lat 0.2 (our w_enc), conf/loss/skip_sa_paper.yaml, used
 ``model=skip_sa_paper``; Adam 2e-4; 10,000 iterations (see conf/model/skip_sa.yaml for the
 trainer override).
 
-What trains by default: this class, like ``model=skip_sa``, uses Skip-GANomaly's weights
-1 / 50 / 1 with GANomaly's feature matching instead of BCE (``GeneratorLoss()``,
-conf/loss/feature_matching_l1.yaml): with the paper's weights the generator barely learns to
-reconstruct (docs/what-works.md). The class's other defaults are still the paper's (width
-64, attention and skips on every level, the 0.9 / 0.1 score, as ``model=skip_sa_paper``);
-``model=skip_sa`` narrows width, attention and skips and scores with the difference map.
+Defaults are the project's, those of ``model=skip_sa`` (conf/model/skip_sa.yaml):
+``base_width=None`` = the CPU-friendly width for the image size (64 at 32 px, 32 at 64 px,
+16 from 128 px; :func:`anomaly_gan.resolvers.default_base_width`), attention on levels 3–5
+(``attention_levels=(3, 4, 5)``: levels 1–2 at full and half resolution cost minutes per
+step on CPU at 128 px), the deepest skip only (``skip_levels=(-1,)``), Skip-GANomaly's
+weights 1 / 50 / 1 with GANomaly's feature matching instead of BCE (``GeneratorLoss()``,
+conf/loss/feature_matching_l1.yaml: with the paper's weights the generator barely learns
+to reconstruct, docs/what-works.md) and the difference-map score
+(:data:`anomaly_gan.scoring.DEFAULT_SCORER`). The paper setting (width 64, attention and
+skips on every level, its loss, the 0.9 / 0.1 score) is ``model=skip_sa_paper``
+(conf/model/skip_sa_paper.yaml).
 
 Choices where the paper is silent:
 - depth 5 (the five encoder blocks of the Skip-GANomaly generator it modifies), widths
@@ -41,7 +46,6 @@ from anomaly_gan.models.core import GanAnomalyModule, GeneratorOutput
 from anomaly_gan.nets.blocks import check_image_size
 from anomaly_gan.nets.dcgan import DcganDiscriminator, supported_dcgan_sizes
 from anomaly_gan.nets.unet import SelfAttentionUnet, supported_attention_unet_sizes
-from anomaly_gan.scoring import AnomalyScore
 
 
 def supported_sizes(depth: int = 5) -> list[int]:
@@ -52,24 +56,20 @@ def supported_sizes(depth: int = 5) -> list[int]:
 class SkipSelfAttentionGan(GanAnomalyModule):
     """Self-attention U-Net generator + DCGAN discriminator (latent loss on its features)."""
 
-    # default_loss: the core's GeneratorLoss(), what model=skip_sa composes.
-    default_scorer = AnomalyScore(
-        latent_weight=0.1, reconstruction_weight=0.9, reconstruction_norm="l2"
-    )
-
     def __init__(
         self,
         image_size: int = 32,
         channels: int = 3,
         depth: int = 5,
-        base_width: int = 64,
+        base_width: int | None = None,
         max_width: int = 512,
-        attention_levels: Sequence[int] | None = None,
+        attention_levels: Sequence[int] | None = (3, 4, 5),
         attention_reduction: int = 8,
-        skip_levels: Sequence[int] | None = None,
+        skip_levels: Sequence[int] | None = (-1,),
         **core: Any,
     ) -> None:
         super().__init__(image_size=image_size, channels=channels, **core)
+        base_width = self.resolve_base_width(base_width)
         check_image_size(image_size, supported_sizes(depth), f"Skip-SA (depth {depth})")
         self.generator = SelfAttentionUnet(
             image_size,
