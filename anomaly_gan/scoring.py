@@ -47,6 +47,7 @@ FIELDS = (
     "normalize_map",
     "pooling",
     "top_k_fraction",
+    "per_channel",
 )
 
 #: The models' default score, the one home of its settings: what every model class scores with
@@ -65,6 +66,7 @@ DEFAULT_SCORER: Mapping[str, Any] = MappingProxyType(
         "normalize_map": True,
         "pooling": "top_k",
         "top_k_fraction": 0.05,
+        "per_channel": False,
     }
 )
 
@@ -151,6 +153,11 @@ class AnomalyScore(nn.Module):
         normalize_map: standardise each pixel by validation-normal error statistics.
         pooling: a key of :data:`POOLINGS`.
         top_k_fraction: the fraction of pixels ``top_k`` pooling averages.
+        per_channel: with ``smooth_difference``, smooth and take the norm of each colour
+            channel's difference before averaging the channels (true), instead of averaging
+            the signed difference first (false). A hue shift that leaves the mean brightness
+            unchanged (a coloured stain) cancels in the channel mean; per channel it stays.
+            Grayscale images score the same either way.
         image_size: side of the maps, so ``map_mean``/``map_std`` have their final shape
             from the start (the model passes it); without it they start as broadcasting
             1x1 identities and take the maps' shape at the first :meth:`calibrate` or
@@ -174,6 +181,7 @@ class AnomalyScore(nn.Module):
         normalize_map: bool = False,
         pooling: Literal["mean", "max", "top_k"] = "mean",
         top_k_fraction: float = 0.01,
+        per_channel: bool = False,
         *,
         image_size: int | None = None,
     ) -> None:
@@ -186,6 +194,7 @@ class AnomalyScore(nn.Module):
         self.normalize_map = normalize_map
         self.pooling = pooling
         self.top_k_fraction = top_k_fraction
+        self.per_channel = per_channel
         self._validate()
         side = image_size or 1
         self.register_buffer("threshold", torch.tensor(float("nan")))
@@ -244,6 +253,8 @@ class AnomalyScore(nn.Module):
     def error_map(self, image: Tensor, reconstruction: Tensor) -> Tensor:
         """Per-pixel error before standardisation, (B, C, H, W) -> (B, 1, H, W)."""
         norm = NORMS[self.reconstruction_norm]
+        if self.smooth_difference and self.per_channel:
+            return norm(self._blur(image - reconstruction)).mean(dim=1, keepdim=True)
         difference = (image - reconstruction).mean(dim=1, keepdim=True)
         if self.smooth_difference:
             return norm(self._blur(difference))

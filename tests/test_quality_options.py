@@ -128,3 +128,20 @@ def test_validation_sets_map_statistics_that_travel_in_the_checkpoint(tmp_path: 
     images = next(iter(loader))["image"]
     with torch.no_grad():
         assert torch.allclose(loaded(images), model.eval()(images))
+
+
+def test_per_channel_difference_keeps_a_hue_shift_that_the_channel_mean_cancels() -> None:
+    from anomaly_gan.scoring import DEFAULT_SCORER, AnomalyScore
+
+    image = torch.zeros(1, 3, 16, 16)
+    stained = image.clone()
+    stained[0, 0, 4:10, 4:10] += 0.5  # redder ...
+    stained[0, 2, 4:10, 4:10] -= 0.5  # ... and less blue: the same mean brightness
+    mean_first = AnomalyScore(**{**DEFAULT_SCORER, "normalize_map": False})
+    per_channel = AnomalyScore(**{**DEFAULT_SCORER, "normalize_map": False, "per_channel": True})
+    assert float(mean_first.error_map(stained, image).max()) < 1e-6
+    assert float(per_channel.error_map(stained, image).max()) > 0.05
+    grey = torch.rand(2, 1, 16, 16)
+    assert torch.equal(
+        mean_first.error_map(grey, image[:, :1]), per_channel.error_map(grey, image[:, :1])
+    )
