@@ -279,3 +279,33 @@ def test_checkpoints_with_top_level_scorer_buffers_still_load(
         images = next(iter(loader))["image"]
         with torch.no_grad():
             torch.testing.assert_close(restored(images), model.eval()(images))
+
+
+def test_validation_defects_leave_training_and_calibration_untouched() -> None:
+    """Scoring pasted defects at validation is an extra measurement: with it on or off the
+    same seed gives the same weights, threshold and map statistics."""
+    from torch.utils.data import TensorDataset
+
+    class Batches(TensorDataset):
+        def __getitem__(self, index):  # the data modules' dict batches
+            return {"image": super().__getitem__(index)[0]}
+
+    images = torch.rand(24, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    states = []
+    for validation_defects in (True, False):
+        L.seed_everything(0)
+        model = Ganomaly(image_size=32, channels=3, validation_defects=validation_defects)
+        trainer = L.Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        loader = DataLoader(Batches(images), batch_size=8)
+        trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
+        assert ("val/synthetic_auroc" in trainer.callback_metrics) == validation_defects
+        states.append(model.state_dict())
+    for name, value in states[0].items():
+        assert torch.equal(value, states[1][name]), name

@@ -69,6 +69,7 @@ def test_train_writes_valid_results_json(tmp_path: Path, cache_dir: Path) -> Non
         "train/g_enc",
         "train/d",
         "val/con",
+        "val/synthetic_auroc",
         "test/textile/auroc",
         "test/textile/lift",
     ):

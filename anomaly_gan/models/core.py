@@ -29,6 +29,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torchmetrics.functional.classification import binary_auroc
 
 from anomaly_gan.corruption import SyntheticDefects
 from anomaly_gan.losses import GeneratorLoss, discriminator_loss, distance
@@ -37,6 +38,10 @@ from anomaly_gan.resolvers import default_base_width
 from anomaly_gan.scoring import DEFAULT_SCORER, AnomalyScore
 
 log = logging.getLogger(__name__)
+
+#: Seed of the synthetic defects scored at validation (``validation_defects``); batch i
+#: uses this + i, so every validation of a run, and every run, sees the same defects.
+VALIDATION_DEFECT_SEED = 1234
 
 #: Scorer buffers that checkpoints from before the scorer was a module keep at top level.
 LEGACY_SCORER_BUFFERS = ("threshold", "map_mean", "map_std")
@@ -85,6 +90,12 @@ class GanAnomalyModule(L.LightningModule):
         corruption: synthetic defects pasted into the generator's *training* input while
             the loss compares with the clean image (``anomaly_gan.corruption``); ``None``
             trains a plain autoencoder, as the papers do.
+        validation_defects: at every validation also score a copy of each validation image
+            with synthetic defects pasted in (fixed seed per batch, so every validation
+            sees the same ones) and log ``val/synthetic_auroc``: how well the current
+            weights and the calibrated scorer separate them from the clean validation
+            normals. No test image is involved; ``callbacks.model_checkpoint.monitor=
+            val/synthetic_auroc`` (mode max) chooses the checkpoint on it.
     """
 
     default_loss = GeneratorLoss()
@@ -102,6 +113,7 @@ class GanAnomalyModule(L.LightningModule):
         threshold_quantile: float = 0.95,
         gradient_clip_val: float | None = None,
         corruption: SyntheticDefects | dict[str, Any] | None = None,
+        validation_defects: bool = True,
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
@@ -127,6 +139,9 @@ class GanAnomalyModule(L.LightningModule):
         self.d_reinit_count = 0
         self._val_maps: list[Tensor] = []
         self._val_latent: list[Tensor] = []
+        self._defect_maps: list[Tensor] = []
+        self._defect_latent: list[Tensor] = []
+        self.validation_defects = SyntheticDefects(probability=1.0) if validation_defects else None
 
     def resolve_base_width(self, base_width: int | None) -> int:
         """``base_width``, or the project's width for this image size when ``None``
@@ -312,6 +327,7 @@ class GanAnomalyModule(L.LightningModule):
     # ----------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
         self._val_maps, self._val_latent = [], []
+        self._defect_maps, self._defect_latent = [], []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image = batch["image"]
@@ -329,6 +345,15 @@ class GanAnomalyModule(L.LightningModule):
         self.log(
             "val/enc", distance(latent_out, latent_in, self.loss_fn.encoder), batch_size=batch_size
         )
+        if self.validation_defects is not None:
+            seeded = torch.Generator().manual_seed(VALIDATION_DEFECT_SEED + batch_idx)
+            defective = self.validation_defects(image, generator=seeded)
+            output = self.generate(defective)
+            latent_in, latent_out = self.latent_pair(defective, output)
+            self._defect_maps.append(
+                self.scorer.error_map(defective, output.reconstruction).detach()
+            )
+            self._defect_latent.append(self.scorer.latent_distance(latent_in, latent_out).detach())
 
     def on_validation_epoch_end(self) -> None:
         """Calibrate the scorer on the validation normals (:meth:`AnomalyScore.calibrate`).
@@ -342,7 +367,23 @@ class GanAnomalyModule(L.LightningModule):
         scores = self.scorer.calibrate(maps, latent, self.hparams.threshold_quantile)
         self.log("val/score", scores.mean())
         self.log("val/threshold", self.threshold.float())
+        if self._defect_maps:
+            self.log("val/synthetic_auroc", self._synthetic_auroc(scores))
         self._val_maps, self._val_latent = [], []
+        self._defect_maps, self._defect_latent = [], []
+
+    def _synthetic_auroc(self, normal_scores: Tensor) -> Tensor:
+        """AUROC of the calibrated scores: clean validation normals (those the calibration
+        held out for the threshold) against every validation image with pasted defects."""
+        maps = self.all_gather(torch.cat(self._defect_maps))
+        latent = self.all_gather(torch.cat(self._defect_latent))
+        defect_scores = self.scorer.score_error_maps(
+            maps.reshape(-1, *maps.shape[-3:]), latent.flatten()
+        )
+        scores = torch.cat([normal_scores, defect_scores]).double()
+        labels = torch.cat([torch.zeros_like(normal_scores), torch.ones_like(defect_scores)]).long()
+        unit = (scores - scores.min()) / (scores.max() - scores.min()).clamp_min(1e-12)
+        return binary_auroc(unit.float(), labels)
 
     # ----------------------------------------------------------------------------- test
     def test_step(
