@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 import traceback
 from datetime import UTC, datetime
@@ -129,10 +130,13 @@ def _log_to_wandb(trainer: L.Trainer, results: dict[str, Any], run_dir: Path) ->
 
 
 def _finish_wandb() -> None:
-    """Close the W&B run so the next multirun job starts its own."""
-    import wandb
+    """Close the W&B run so the next multirun job starts its own.
 
-    if wandb.run is not None:
+    A run that never imported ``wandb`` (any logger but W&B) has nothing to close and must
+    not need the package: machines without it are common (cluster images).
+    """
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
 
 

@@ -147,3 +147,41 @@ def test_metrics_survive_a_figure_that_cannot_be_written(tmp_path: Path, cache_d
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "failed"
     assert 0.0 <= results["categories"]["textile"]["auroc"] <= 1.0
+
+
+def test_train_runs_on_a_machine_without_wandb(tmp_path: Path, cache_dir: Path) -> None:
+    """With the CSV logger, a missing ``wandb`` package must not fail a finished run."""
+    blocker = tmp_path / "no_wandb"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoWandb:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'wandb' or name.startswith('wandb.'):\n"
+        "            raise ModuleNotFoundError(\"No module named 'wandb'\")\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, _NoWandb())\n"
+    )
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "train.py"),
+            "debug=fast",
+            "logger=csv",
+            "reference=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"paths.cache_dir={cache_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{REPO_ROOT}"},
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "completed"
