@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torchmetrics.functional.classification import binary_auroc
 from torchvision.transforms.v2.functional import gaussian_blur
 
 #: The scorer's fields, in constructor order (also the keys of ``model.scorer.*``).
@@ -125,6 +126,20 @@ def threshold_from_normals(normal_scores: Tensor, quantile: float) -> float:
     if normal_scores.numel() == 0:
         return math.nan
     return float(torch.quantile(normal_scores.double().flatten(), quantile))
+
+
+def separation_auroc(normal_scores: Tensor, anomalous_scores: Tensor) -> float:
+    """AUROC of two groups of scores (how well they separate), label 1 = anomalous.
+
+    Scores are min-max scaled into [0, 1] first: a monotone map that leaves the AUROC as
+    it is and keeps torchmetrics from reading raw scores outside [0, 1] as logits.
+    """
+    scores = torch.cat([normal_scores.flatten(), anomalous_scores.flatten()]).double()
+    labels = torch.cat(
+        [torch.zeros(normal_scores.numel()), torch.ones(anomalous_scores.numel())]
+    ).long()
+    unit = (scores - scores.min()) / (scores.max() - scores.min()).clamp_min(1e-12)
+    return float(binary_auroc(unit.float().cpu(), labels))
 
 
 def _choices(names: Any) -> str:

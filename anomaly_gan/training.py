@@ -331,6 +331,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             L.seed_everything(cfg.seed, workers=True)
         # Plain Python containers, so checkpoints hold no OmegaConf objects and reload with
         # torch.load(weights_only=True).
+        length, stopping = _training_length(cfg)  # bad values stop before any image is read
         datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
         if cfg.data.get("channels") == AUTO_CHANNELS:
             # The model's input channels follow ${data.channels}: read them off the images.
@@ -338,7 +339,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 cfg.data.channels = datamodule.resolve_channels()
             results["config"]["channels"] = cfg.data.channels
         model = hydra.utils.instantiate(cfg.model, _convert_="all")
-        length, stopping = _training_length(cfg)
         trainer = hydra.utils.instantiate(
             cfg.trainer,
             callbacks=[*_instantiate_group(cfg.get("callbacks")), *stopping],

@@ -19,34 +19,27 @@ says at once whether the GAN learnt something the recipe alone does not give.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
-from torchmetrics.functional.classification import binary_auroc
 
 from anomaly_gan.corruption import SyntheticDefects
 from anomaly_gan.evaluation.metrics import image_metrics
-from anomaly_gan.evaluation.results import MIN_LIFT
-from anomaly_gan.scoring import AnomalyScore
-
-__all__ = ["MIN_LIFT", "lift", "reference_metrics"]
-
-log = logging.getLogger(__name__)
+from anomaly_gan.scoring import AnomalyScore, separation_auroc
 
 #: Candidate PCA sizes; those >= the number of training normals are dropped.
 PCA_COMPONENTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 #: Seed of the synthetic defects that choose ``k`` (fixed: the choice is reproducible).
 SELECTION_SEED = 0
+#: Images per chunk when maps are computed (bounds memory at large image sizes).
+CHUNK = 64
 
 
 class MeanReconstruction:
     """Reconstructs every image as the mean training image."""
-
-    name = "mean"
 
     def __init__(self, train: Tensor) -> None:
         self.mean = train.mean(dim=0, keepdim=True)  # (1, C, H, W)
@@ -60,9 +53,8 @@ class PcaReconstruction:
 
     The directions come from the eigen-decomposition of the N×N Gram matrix (N training
     images), so a 256 px colour image (D ≈ 200,000 values) never needs a D×D matrix.
+    ``k`` may be lowered after fitting (the directions are nested), never raised.
     """
-
-    name = "pca"
 
     def __init__(self, train: Tensor, max_components: int) -> None:
         flat = train.flatten(1).float()  # (N, D)
@@ -91,9 +83,8 @@ def reference_scorer(scorer_config: dict[str, Any]) -> AnomalyScore:
     return AnomalyScore.from_config(config)
 
 
-def _images(datamodule: Any, samples: list[Any]) -> tuple[Tensor, Tensor]:
-    """All images and labels of ``samples``, as the data module pre-processes them."""
-    loader = DataLoader(datamodule._dataset(samples), batch_size=64, shuffle=False)
+def _stack(loader: Any) -> tuple[Tensor, Tensor]:
+    """Every image (N, C, H, W) and label (N,) a loader yields."""
     images, labels = [], []
     for batch in loader:
         images.append(batch["image"])
@@ -101,52 +92,51 @@ def _images(datamodule: Any, samples: list[Any]) -> tuple[Tensor, Tensor]:
     return torch.cat(images), torch.cat(labels)
 
 
-def _scores(
-    scorer: AnomalyScore, reconstruct: Any, images: Tensor, batch_size: int = 64
-) -> tuple[Tensor, Tensor]:
-    """Error maps (B, 1, H, W) and scores (B,) of a calibrated scorer."""
-    maps = torch.cat(
-        [scorer.error_map(chunk, reconstruct(chunk)) for chunk in images.split(batch_size)]
-    )
-    return maps, scorer.score_error_maps(maps)
+def _error_maps(scorer: AnomalyScore, reconstruct: Any, images: Tensor) -> Tensor:
+    """The scorer's raw error maps (N, 1, H, W) of ``images`` against ``reconstruct(images)``."""
+    return torch.cat([scorer.error_map(chunk, reconstruct(chunk)) for chunk in images.split(CHUNK)])
 
 
 def _calibrated(
     scorer_config: dict[str, Any], reconstruct: Any, normals: Tensor, quantile: float
 ) -> AnomalyScore:
+    """A reference scorer calibrated on ``normals`` exactly as a model's is on validation."""
     scorer = reference_scorer(scorer_config)
-    maps = torch.cat([scorer.error_map(chunk, reconstruct(chunk)) for chunk in normals.split(64)])
+    maps = _error_maps(scorer, reconstruct, normals)
     scorer.calibrate(maps, torch.zeros(maps.shape[0]), quantile)
     return scorer
 
 
-def choose_pca_components(
+def fit_pca(
     train: Tensor, validation: Tensor, scorer_config: dict[str, Any], quantile: float
-) -> tuple[int, dict[int, float]]:
-    """``k`` with the best AUROC of clean vs synthetically defective validation normals.
+) -> tuple[PcaReconstruction, dict[int, float]]:
+    """The PCA reconstruction whose ``k`` best separates synthetically defective from clean
+    validation normals, and the AUROC of every ``k`` tried.
 
     The scorer's per-pixel statistics come from the even-numbered validation images; the
-    odd-numbered ones, clean and with pasted defects, are scored. Ties go to the smaller ``k``.
+    odd-numbered ones, clean and with pasted defects, are scored. Ties go to the smaller
+    ``k``. With fewer than 4 validation normals there is nothing to compare on and ``k`` is
+    the fifth candidate (16) or the largest available.
     """
     candidates = [k for k in PCA_COMPONENTS if k < train.shape[0]] or [1]
+    pca = PcaReconstruction(train, max(candidates))
+    candidates = [k for k in candidates if k <= pca.k]
     if validation.shape[0] < 4:
-        return candidates[min(len(candidates) - 1, 4)], {}
+        pca.k = candidates[min(len(candidates) - 1, 4)]
+        return pca, {}
     reference, held_out = validation[0::2], validation[1::2]
     generator = torch.Generator().manual_seed(SELECTION_SEED)
     corrupted = SyntheticDefects(probability=1.0)(held_out, generator=generator)
-    pair = torch.cat([held_out, corrupted])
-    labels = torch.cat([torch.zeros(len(held_out)), torch.ones(len(corrupted))]).long()
-    pca = PcaReconstruction(train, max(candidates))
-    available = pca.k
     aurocs: dict[int, float] = {}
-    for k in (c for c in candidates if c <= available):
+    for k in candidates:
         pca.k = k
         scorer = _calibrated(scorer_config, pca, reference, quantile)
-        _, scores = _scores(scorer, pca, pair)
-        unit = (scores - scores.min()) / (scores.max() - scores.min()).clamp_min(1e-12)
-        aurocs[k] = float(binary_auroc(unit.float(), labels))
-    best = max(aurocs, key=lambda k: (aurocs[k], -k))
-    return best, aurocs
+        aurocs[k] = separation_auroc(
+            scorer.score_error_maps(_error_maps(scorer, pca, held_out)),
+            scorer.score_error_maps(_error_maps(scorer, pca, corrupted)),
+        )
+    pca.k = max(aurocs, key=lambda k: (aurocs[k], -k))
+    return pca, aurocs
 
 
 def reference_metrics(
@@ -157,47 +147,42 @@ def reference_metrics(
     Uses the training normals to build the reconstructions and the validation normals to
     calibrate the scorer and choose ``k``; test labels only to compute the metrics.
     """
-    train, _ = _images(datamodule, datamodule.train_samples)
-    val_samples = datamodule.val_samples or datamodule.train_samples
-    validation, _ = _images(datamodule, val_samples)
-    k, selection = choose_pca_components(train, validation, scorer_config, threshold_quantile)
-    pca = PcaReconstruction(train, k)
+
+    def images_of(samples: list[Any]) -> Tensor:
+        return _stack(DataLoader(datamodule._dataset(samples), batch_size=CHUNK))[0]
+
+    train = images_of(datamodule.train_samples)
+    validation = images_of(datamodule.val_samples or datamodule.train_samples)
+    pca, selection = fit_pca(train, validation, scorer_config, threshold_quantile)
     references = {"mean": MeanReconstruction(train), "pca": pca}
     scorers = {
         name: _calibrated(scorer_config, reconstruct, validation, threshold_quantile)
         for name, reconstruct in references.items()
     }
+    k_chosen_by = (
+        "synthetic defects pasted into validation normals (AUROC per k: "
+        + ", ".join(f"{c}: {a:.3f}" for c, a in selection.items())
+        + ")"
+        if selection
+        else "default (fewer than 4 validation normals)"
+    )
     results: dict[str, dict[str, Any]] = {}
     for name, loader in zip(
         datamodule.test_category_names, datamodule.test_dataloader(), strict=True
     ):
-        images, labels = [], []
-        for batch in loader:
-            images.append(batch["image"])
-            labels.append(batch["label"])
-        test, test_labels = torch.cat(images), torch.cat(labels)
+        test, labels = _stack(loader)
         block: dict[str, Any] = {}
         for ref_name, reconstruct in references.items():
             scorer = scorers[ref_name]
-            _, scores = _scores(scorer, reconstruct, test)
-            metrics = image_metrics(scores, test_labels, float(scorer.threshold))
+            scores = scorer.score_error_maps(_error_maps(scorer, reconstruct, test))
+            metrics = image_metrics(scores, labels, float(scorer.threshold))
             block[ref_name] = {
                 key: metrics.get(key) for key in ("auroc", "average_precision", "f1", "recall")
             }
-        block["pca"]["k"] = pca.k
-        block["pca"]["k_chosen_by"] = (
-            "synthetic defects pasted into validation normals (AUROC per k: "
-            + ", ".join(f"{c}: {a:.3f}" for c, a in selection.items())
-            + ")"
-            if selection
-            else "default (fewer than 4 validation normals)"
-        )
+        block["pca"].update(k=pca.k, k_chosen_by=k_chosen_by)
         aurocs = {n: block[n]["auroc"] for n in references if block[n]["auroc"] is not None}
-        if aurocs:
-            best = max(aurocs, key=aurocs.__getitem__)
-            block["best"], block["auroc"] = best, aurocs[best]
-        else:
-            block["best"], block["auroc"] = None, None
+        best = max(aurocs, key=aurocs.__getitem__) if aurocs else None
+        block["best"], block["auroc"] = best, aurocs.get(best)
         results[name] = block
     return results
 

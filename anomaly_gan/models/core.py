@@ -29,13 +29,12 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torchmetrics.functional.classification import binary_auroc
 
 from anomaly_gan.corruption import SyntheticDefects
 from anomaly_gan.losses import GeneratorLoss, discriminator_loss, distance
 from anomaly_gan.nets.init import dcgan_init
 from anomaly_gan.resolvers import default_base_width
-from anomaly_gan.scoring import DEFAULT_SCORER, AnomalyScore
+from anomaly_gan.scoring import DEFAULT_SCORER, AnomalyScore, separation_auroc
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +371,7 @@ class GanAnomalyModule(L.LightningModule):
         self._val_maps, self._val_latent = [], []
         self._defect_maps, self._defect_latent = [], []
 
-    def _synthetic_auroc(self, normal_scores: Tensor) -> Tensor:
+    def _synthetic_auroc(self, normal_scores: Tensor) -> float:
         """AUROC of the calibrated scores: clean validation normals (those the calibration
         held out for the threshold) against every validation image with pasted defects."""
         maps = self.all_gather(torch.cat(self._defect_maps))
@@ -380,10 +379,7 @@ class GanAnomalyModule(L.LightningModule):
         defect_scores = self.scorer.score_error_maps(
             maps.reshape(-1, *maps.shape[-3:]), latent.flatten()
         )
-        scores = torch.cat([normal_scores, defect_scores]).double()
-        labels = torch.cat([torch.zeros_like(normal_scores), torch.ones_like(defect_scores)]).long()
-        unit = (scores - scores.min()) / (scores.max() - scores.min()).clamp_min(1e-12)
-        return binary_auroc(unit.float(), labels)
+        return separation_auroc(normal_scores, defect_scores)
 
     # ----------------------------------------------------------------------------- test
     def test_step(
