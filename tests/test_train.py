@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -77,35 +80,54 @@ def test_train_writes_valid_results_json(tmp_path: Path, cache_dir: Path) -> Non
     assert "ref auroc" in completed.stdout
 
 
-def test_iteration_budget_ends_on_the_same_step_count_twice(
-    tmp_path: Path, cache_dir: Path
-) -> None:
-    """``iterations`` counts batches across epoch ends (3 per epoch here), rounded up to a
-    multiple of the validation interval so the last weights are validated."""
-    outcomes = []
-    for attempt in ("first", "second"):
-        completed = run_train(
-            "debug=fast",
-            "iterations=5",
-            "validations=2",  # every 3 batches: 5 rounds up to 6
-            "reference=false",
-            f"paths.root_dir={tmp_path / attempt}",
-            f"paths.cache_dir={cache_dir}",
+def _budget_run(root: Path, overrides: tuple[str, ...]) -> dict[str, object]:
+    """One ``python train.py`` run in its own directory and data cache: how it ended."""
+    completed = run_train(*overrides, f"paths.root_dir={root}", f"paths.cache_dir={root / 'cache'}")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    run_dir = _only_run_dir(root)
+    results = json.loads((run_dir / "results.json").read_text())
+    with (run_dir / "csv" / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    trained = [row for row in rows if row["train/g_con"]]  # one row per generator update
+    return {
+        "global_step": results["global_step"],
+        "batches_per_epoch": list(Counter(int(row["epoch"]) for row in trained).values()),
+        # the generator updates (1-based) right after which validation ran
+        "validated_after": [
+            1 + [row["step"] for row in trained].index(row["step"])
+            for row in rows
+            if row["val/con"]
+        ],
+        "auroc": results["categories"]["textile"]["auroc"],
+    }
+
+
+def test_iteration_budget_ends_on_the_same_step_count_twice(tmp_path: Path) -> None:
+    """``iterations`` is a budget of generator updates (batches) across epoch ends, rounded
+    up to a multiple of the validation interval so the last weights are validated; both
+    optimizers step once per batch and Lightning counts each, so ``trainer.global_step``
+    ends on exactly ``2 * budget``. The budget here (8) is not a multiple of the epoch
+    length (3 batches), so the run must stop in the middle of its third epoch. Two
+    independent runs (own output and data cache, run side by side) end identically."""
+    epoch, iterations, validations = 3, 7, 2
+    every = math.ceil(iterations / validations)  # 4
+    budget = every * math.ceil(iterations / every)  # 7 rounds up to 8
+    assert budget == 8 and budget % epoch != 0
+    overrides = (
+        "debug=fast",
+        f"trainer.limit_train_batches={epoch}",  # debug=fast's too; explicit: the epoch length
+        f"iterations={iterations}",
+        f"validations={validations}",
+        "reference=false",
+    )
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two processes: ~half the wall time
+        first, second = pool.map(
+            lambda attempt: _budget_run(tmp_path / attempt, overrides), ("first", "second")
         )
-        assert completed.returncode == 0, completed.stderr[-3000:]
-        run_dir = _only_run_dir(tmp_path / attempt)
-        results = json.loads((run_dir / "results.json").read_text())
-        validated = [
-            line for line in (run_dir / "csv" / "metrics.csv").read_text().splitlines()[1:]
-        ]
-        header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
-        column = header.index("val/con")
-        validations = sum(1 for line in validated if line.split(",")[column])
-        outcomes.append(
-            (results["global_step"], validations, results["categories"]["textile"]["auroc"])
-        )
-    assert outcomes[0] == outcomes[1]
-    assert outcomes[0][:2] == (12, 2)  # 6 batches x 2 optimizer steps; validated twice
+    assert first == second
+    assert first["global_step"] == 2 * budget == 16
+    assert first["batches_per_epoch"] == [3, 3, 2]  # stopped 2 batches into the third epoch
+    assert first["validated_after"] == [every, 2 * every]  # across an epoch end; at the end
 
 
 def test_failed_run_records_status_and_names_the_path(tmp_path: Path) -> None:
