@@ -157,7 +157,7 @@ def score_images(
     samples = [Sample(Path(p), NORMAL, "unknown") for p in paths]
     # No cache: a file is scored once, and a disk cache would keep copies of user images.
     dataset = AnomalyImageDataset(
-        samples, prep.image_size, prep.channels, cache=None, normalization=prep.normalization
+        samples, prep.geometry, prep.channels, cache=None, normalization=prep.normalization
     )
     threshold = loaded.threshold
     scale = map_scale(model)

@@ -95,19 +95,28 @@ def metadata(loaded: LoadedModel) -> dict[str, str]:
             }
         ),
         "anomaly_gan.channel_order": "RGB" if loaded.preprocessing.channels == 3 else "gray",
-        "anomaly_gan.resize": "square, OpenCV INTER_AREA",
+        "anomaly_gan.resize": _resize_description(loaded),
         "anomaly_gan.map_scale": "per-image max" if scale is None else repr(scale),
         "anomaly_gan.scorer": json.dumps(loaded.model.scorer.to_config()),
     }
 
 
+def _resize_description(loaded: LoadedModel) -> str:
+    """How a file is resized before the graph sees it (``data.resize``), OpenCV INTER_AREA."""
+    prep = loaded.preprocessing
+    height, width = prep.geometry.shape
+    return {
+        "squash": f"to {width}x{height} (width x height), aspect ignored",
+        "pad": f"longer side to {prep.image_size}, border pixels repeated to {width}x{height}",
+        "crop": f"shorter side to {prep.image_size}, centre {width}x{height} kept",
+        "tile": f"to {width}x{height}; the graph scores its {prep.image_size} px tiles itself",
+    }[prep.resize] + ", OpenCV INTER_AREA"
+
+
 def _example(loaded: LoadedModel, batch: int, seed: int = 0) -> Tensor:
     prep = loaded.preprocessing
     generator = torch.Generator().manual_seed(seed)
-    return (
-        torch.rand(batch, prep.channels, prep.image_size, prep.image_size, generator=generator) * 2
-        - 1
-    )
+    return torch.rand(batch, prep.channels, *prep.geometry.shape, generator=generator) * 2 - 1
 
 
 @contextlib.contextmanager

@@ -280,6 +280,16 @@ class AnomalyScore(nn.Module):
         """(error - map_mean) / map_std per pixel when ``normalize_map``; unchanged otherwise."""
         if not self.normalize_map:
             return error_map
+        if self.map_mean.shape[-2:] != error_map.shape[-2:] and self.map_mean.numel() > 1:
+            # Not yet calibrated (identity statistics): nothing to standardise by.
+            if bool((self.map_mean == 0).all()) and bool((self.map_std == 1).all()):
+                return error_map
+            raise ValueError(
+                f"Anomaly map of {tuple(error_map.shape[-2:])} px, but the scorer's per-pixel "
+                f"statistics were calibrated on {tuple(self.map_mean.shape[-2:])} px maps. "
+                "Score images of the size the model was validated on: the checkpoint's "
+                "data.image_size / data.resize (and tile frame) say which."
+            )
         return (error_map - self.map_mean) / self.map_std
 
     def anomaly_map(self, image: Tensor, reconstruction: Tensor) -> Tensor:
@@ -366,7 +376,7 @@ class AnomalyScore(nn.Module):
     def _store(self, name: str, value: Tensor) -> None:
         """Write a statistic into its buffer: in place (the buffer object, which DDP holds on
         to, stays the same), or replaced by a copy when a scorer built without
-        ``image_size`` meets its first maps."""
+        ``image_size``, or one whose maps cover a tile frame, meets its first maps."""
         buffer = getattr(self, name)
         if buffer.shape == value.shape:
             buffer.copy_(value)
@@ -375,11 +385,11 @@ class AnomalyScore(nn.Module):
             setattr(self, name, value.to(buffer.dtype).clone())
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        # A scorer built without image_size takes the checkpoint's map shape.
+        # The maps' shape is the checkpoint's: a scorer built without image_size, or for
+        # tiles of a larger frame (data.resize=tile), takes it from the file.
         for name in ("map_mean", "map_std"):
             incoming = state_dict.get(prefix + name)
             own = self._buffers[name]
-            resize = incoming is not None and own is not None and own.numel() == 1
-            if resize and incoming.shape != own.shape:
+            if incoming is not None and own is not None and incoming.shape != own.shape:
                 self._buffers[name] = own.new_empty(incoming.shape)
         super()._load_from_state_dict(state_dict, prefix, *args)

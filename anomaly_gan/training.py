@@ -153,6 +153,7 @@ def _config_summary(cfg: DictConfig) -> dict[str, Any]:
         "test_limit": data.get("test_limit"),
         "image_size": data.image_size,
         "channels": data.channels,
+        "resize": data.get("resize", "squash"),
         "seed": cfg.seed,
         "loss": OmegaConf.to_container(cfg.loss, resolve=True),
         "scorer": OmegaConf.to_container(cfg.model.scorer, resolve=True),

@@ -8,6 +8,9 @@ Shared by every dataset layout:
 - cross-class testing: ``scan`` returns one test set per category (``data.test_categories``),
   each with its own loader and its own block of metrics;
 - ``data.test_limit``: a seeded, class-balanced subset of each test set;
+- ``data.resize``: squash / pad / crop to a square, or ``tile`` (a larger frame of the images'
+  own aspect ratio, cut into tiles; ``anomaly_gan.data.geometry``);
+- ``data.augmentations``: albumentations transforms by name, on the training normals only;
 - ``data.cache`` / ``data.cache_dir``: decoded, resized images kept in memory and on disk;
 - ``data.skip_corrupt``: unreadable files dropped at setup with a warning and a count;
 - ``data.download``: the official archive fetched into an empty ``data.root``;
@@ -29,6 +32,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, get_worker_info
 
 from anomaly_gan.data.cache import ImageCache
@@ -41,7 +45,8 @@ from anomaly_gan.data.dataset import (
     read_image,
 )
 from anomaly_gan.data.download import ARCHIVES, check_sha256, download_dataset, is_empty_root
-from anomaly_gan.data.transforms import check_normalization
+from anomaly_gan.data.geometry import Geometry, check_resize, image_sizes, tile_frame
+from anomaly_gan.data.transforms import build_augmentations, check_normalization
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,13 @@ def check_test_categories(value: Any) -> list[str] | None:
     if duplicates:
         raise ValueError(f"data.test_categories lists {', '.join(duplicates)} more than once.")
     return names
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers (Hydra's arguments) as plain Python lists and dicts."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def infer_channels(paths: Sequence[Path], probes: int = 16) -> int:
@@ -179,6 +191,9 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         image_size: int = 64,
         channels: int | str = 3,
         normalization: str = "fixed",
+        resize: str = "squash",
+        tile_scale: float = 2.0,
+        augmentations: Sequence[Any] | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -203,6 +218,8 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
                 f"training images), got {channels!r}. Set data.channels=1, 3 or auto."
             )
         check_normalization(normalization)
+        check_resize(resize, tile_scale)
+        self.augmentations = build_augmentations(augmentations)
         _check_positive_int("data.batch_size", batch_size)
         if eval_batch_size is not None:
             _check_positive_int("data.eval_batch_size", eval_batch_size)
@@ -260,6 +277,10 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         self.image_size = int(image_size)
         self.channels: int | str = channels if channels == AUTO_CHANNELS else int(channels)
         self.normalization = normalization
+        self.resize = resize
+        self.tile_scale = float(tile_scale)
+        # tile: the frame (height, width) is read from the training images at setup.
+        self.frame: tuple[int, int] | None = None
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
@@ -276,6 +297,9 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         self.cache_dir = (
             Path(cache_dir).expanduser().absolute() if cache and cache_dir is not None else None
         )
+        # Plain lists and dicts (not OmegaConf containers) keep checkpoints loadable with
+        # torch.load(weights_only=True).
+        self.hparams["augmentations"] = _plain(augmentations) or []
         if cache_dir is not None:
             # A str (not a Path) keeps checkpoints loadable with torch.load(weights_only=True).
             self.hparams["cache_dir"] = str(cache_dir)
@@ -360,8 +384,25 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
                 "grayscale" if self.channels == 1 else "colour",
                 self.channels,
             )
+        if self.resize == "tile" and self.frame is None:
+            sizes = image_sizes([sample.image_path for sample in train_normals])
+            self.frame = tile_frame(sizes, self.image_size, self.tile_scale)
+            self.hparams["frame"] = list(self.frame)
+            log.info(
+                "data.resize=tile: images are resized to %dx%d (height x width) and scored in "
+                "%d px tiles.",
+                *self.frame,
+                self.image_size,
+            )
         self._scan_result = (train_normals, test_samples)
         self._train_samples, self._val_samples = self._split(train_normals)
+
+    @property
+    def geometry(self) -> Geometry:
+        """The shape every image is resized to (in ``tile`` mode known after ``setup``)."""
+        if self.resize == "tile" and self.frame is None:
+            self.setup("fit")
+        return Geometry(self.image_size, self.resize, self.frame)
 
     def resolve_channels(self) -> int:
         """The channel count, reading the training images first when ``data.channels=auto``.
@@ -395,7 +436,15 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         raises ``DatasetError`` naming it.
         """
         unique = list(dict.fromkeys([*train, *(s for samples in tests.values() for s in samples)]))
-        dataset = self._dataset(unique)
+        # Runs before channels and the tile frame are known: decode at the square size (the
+        # arrays fill the cache when that is the run's geometry).
+        known = self.channels != AUTO_CHANNELS and self.resize == "squash"
+        dataset = AnomalyImageDataset(
+            unique,
+            self.image_size,
+            int(self.channels) if self.channels != AUTO_CHANNELS else 3,
+            cache=self.image_cache if known else None,
+        )
         bad: dict[Sample, str] = {}
         for index, sample in enumerate(unique):
             try:
@@ -481,23 +530,32 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         return list(self.test_samples)
 
     # ------------------------------------------------------------------ loaders
-    def _dataset(self, samples: list[Sample]) -> AnomalyImageDataset:
+    def _dataset(self, samples: list[Sample], training: bool = False) -> AnomalyImageDataset:
+        """Validation and test images are whole (frames in tile mode); ``training`` adds the
+        augmentations and, in tile mode, a random tile of each frame."""
         # One ImageCache for all splits: in this process a file decoded for validation is
         # not decoded again for testing; each worker gets a copy that it fills itself.
         return AnomalyImageDataset(
             samples,
-            self.image_size,
-            self.channels,
+            self.geometry,
+            int(self.channels),
             cache=self.image_cache,
+            augmentations=self.augmentations if training else None,
             seed=self.seed,
             normalization=self.normalization,
+            random_tiles=training,
         )
 
     def _loader(
-        self, samples: list[Sample], batch_size: int, persistent: bool = True, **kwargs: Any
+        self,
+        samples: list[Sample],
+        batch_size: int,
+        persistent: bool = True,
+        training: bool = False,
+        **kwargs: Any,
     ) -> DataLoader:
         return DataLoader(
-            self._dataset(samples),
+            self._dataset(samples, training),
             batch_size=batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -513,6 +571,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         return self._loader(
             samples,
             self.batch_size,
+            training=True,
             shuffle=True,
             generator=generator,
             drop_last=len(samples) > self.batch_size,

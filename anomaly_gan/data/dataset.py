@@ -20,14 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from anomaly_gan.data.cache import Decoded, ImageCache
-from anomaly_gan.data.transforms import (
-    IMAGE_INTERPOLATION,
-    INTERPOLATION_NAMES,
-    MASK_INTERPOLATION,
-    build_normalize_transform,
-    resize_image,
-    resize_mask,
-)
+from anomaly_gan.data.geometry import IMAGE_INTERPOLATION, MASK_INTERPOLATION, Geometry
+from anomaly_gan.data.transforms import INTERPOLATION_NAMES, build_normalize_transform
 
 NORMAL = 0
 ANOMALOUS = 1
@@ -155,34 +149,42 @@ class AnomalyImageDataset(Dataset):
     (1, H, W) of 0/1 (zeros when there is no mask); ``image_path``; ``defect_type``.
 
     ``cache`` (optional, may be shared by several datasets) keeps the decoded, resized
-    arrays; without it every access decodes the file again. ``augmentations`` run on the
-    resized array; ``seed`` seeds them in this process, and ``seed_worker`` reseeds them
-    in each DataLoader worker. ``normalization``: ``fixed`` or ``per_image`` (transforms).
+    arrays; without it every access decodes the file again. ``geometry`` (or a plain
+    ``image_size``: a square) says the arrays' shape (``anomaly_gan.data.geometry``).
+    ``augmentations`` run on the resized array; ``seed`` seeds them in this process, and
+    ``seed_worker`` reseeds them in each DataLoader worker. ``normalization``: ``fixed`` or
+    ``per_image`` (transforms). ``random_tiles``: in tile geometry, return a random
+    ``image_size`` crop of the frame instead of the frame (training).
     """
 
     def __init__(
         self,
         samples: Sequence[Sample],
-        image_size: int,
+        geometry: Geometry | int,
         channels: int,
         cache: ImageCache | None = None,
         augmentations: Sequence[A.BasicTransform] | None = None,
         seed: int | None = 0,
         normalization: str = "fixed",
+        random_tiles: bool = False,
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         self.samples = list(samples)
-        self.image_size = image_size
+        self.geometry = geometry if isinstance(geometry, Geometry) else Geometry(int(geometry))
+        self.image_size = self.geometry.image_size
         self.channels = channels
         self.cache = cache
         self.normalization = normalization
+        crop = self.image_size if random_tiles and self.geometry.tiled else None
+        self.output_shape = (crop, crop) if crop is not None else self.geometry.shape
         self.transform = build_normalize_transform(
-            channels, augmentations, seed=seed, normalization=normalization
+            channels, augmentations, seed=seed, normalization=normalization, crop=crop
         )
         interpolation = INTERPOLATION_NAMES[IMAGE_INTERPOLATION]
-        self._image_settings = (image_size, channels, interpolation)
-        self._mask_settings = (image_size, INTERPOLATION_NAMES[MASK_INTERPOLATION])
+        key = self.geometry.cache_key()
+        self._image_settings = (*key, channels, interpolation)
+        self._mask_settings = (*key, INTERPOLATION_NAMES[MASK_INTERPOLATION])
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -201,14 +203,14 @@ class AnomalyImageDataset(Dataset):
 
     def _decode_image(self, path: Path) -> Decoded:
         image = read_image(path, self.channels)
-        return Decoded(resize_image(image, self.image_size), (image.shape[0], image.shape[1]))
+        return Decoded(self.geometry.resize_image(image), (image.shape[0], image.shape[1]))
 
     def _decode_mask(self, path: Path) -> Decoded:
         mask = read_mask(path)
-        return Decoded(resize_mask(mask, self.image_size), (mask.shape[0], mask.shape[1]))
+        return Decoded(self.geometry.resize_mask(mask), (mask.shape[0], mask.shape[1]))
 
     def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Resized (image (S, S, C), mask (S, S) or None) of one sample, through the cache.
+        """Resized (image (H, W, C), mask (H, W) or None) of one sample, through the cache.
 
         Raises ``DatasetError`` naming the file when it cannot be decoded or when a mask
         does not match its image's size.
@@ -241,7 +243,7 @@ class AnomalyImageDataset(Dataset):
         # Copies: cached arrays are shared read-only and augmentations may work in place.
         if raw_mask is None:
             out = self.transform(image=image.copy())
-            mask = torch.zeros(1, self.image_size, self.image_size, dtype=torch.float32)
+            mask = torch.zeros(1, *self.output_shape, dtype=torch.float32)
         else:
             out = self.transform(image=image.copy(), mask=raw_mask.copy())
             mask = out["mask"].to(torch.float32).unsqueeze(0)  # (H, W) -> (1, H, W)

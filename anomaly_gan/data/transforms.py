@@ -3,11 +3,13 @@
 The generators end in Tanh, so images are mapped to [-1, 1] (mean 0.5, std 0.5 on [0, 1]
 pixels). Preprocessing is split in two stages so the expensive one can be cached:
 
-1. ``resize_image`` / ``resize_mask``: decode-size array -> ``image_size`` square. Done once
+1. ``Geometry.resize_image`` / ``resize_mask`` (``anomaly_gan.data.geometry``): decode-size
+   array -> the run's shape (``data.resize``: a square, or a larger tile frame). Done once
    per file and cached (``anomaly_gan.data.cache``), because decoding and shrinking a
    1024 px PNG costs far more than a whole training step on a 64 px image.
-2. ``build_normalize_transform``: optional augmentations, normalisation, CHW tensor. Cheap,
-   runs on every access so random augmentations stay random.
+2. ``build_normalize_transform``: optional augmentations, normalisation, an optional random
+   crop (training tiles), CHW tensor. Cheap, runs on every access so random augmentations
+   stay random.
 
 ``normalization`` says how pixel values reach [-1, 1]:
 
@@ -26,7 +28,8 @@ data config.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -34,33 +37,16 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
+from anomaly_gan.data.geometry import IMAGE_INTERPOLATION, MASK_INTERPOLATION
+
 NORMALIZE_MEAN = 0.5
 NORMALIZE_STD = 0.5
 MAX_PIXEL_VALUE = 255.0
 NORMALIZATIONS = ("fixed", "per_image")
 #: per_image: mean ± this many standard deviations maps to ±1 (a few pixels clip).
 PER_IMAGE_SPREAD = 3.0
-# INTER_AREA: no aliasing when shrinking; masks use nearest neighbour so they stay binary.
-IMAGE_INTERPOLATION = cv2.INTER_AREA
-MASK_INTERPOLATION = cv2.INTER_NEAREST
 # Names that go into cache keys: a change of interpolation must not reuse old arrays.
 INTERPOLATION_NAMES = {cv2.INTER_AREA: "area", cv2.INTER_NEAREST: "nearest"}
-
-
-def resize_image(image: np.ndarray, image_size: int) -> np.ndarray:
-    """(H, W, C) -> (image_size, image_size, C) with INTER_AREA, keeping the channel axis.
-
-    Same pixels as ``A.Resize(interpolation=cv2.INTER_AREA)`` (both call ``cv2.resize``).
-    """
-    resized = cv2.resize(
-        image, (image_size, image_size), interpolation=IMAGE_INTERPOLATION
-    )  # cv2 drops a trailing axis of size 1
-    return resized[:, :, None] if resized.ndim == 2 else resized
-
-
-def resize_mask(mask: np.ndarray, image_size: int) -> np.ndarray:
-    """(H, W) 0/1 mask -> (image_size, image_size) with nearest neighbour (stays 0/1)."""
-    return cv2.resize(mask, (image_size, image_size), interpolation=MASK_INTERPOLATION)
 
 
 class PerImageStandardize(A.ImageOnlyTransform):
@@ -78,6 +64,37 @@ class PerImageStandardize(A.ImageOnlyTransform):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("spread",)
+
+
+def build_augmentations(specs: Sequence[Any] | None) -> list[A.BasicTransform]:
+    """``data.augmentations`` -> albumentations transforms for the training normals.
+
+    Each entry names an albumentations class and its arguments, e.g.
+    ``{name: HorizontalFlip, p: 0.5}`` or ``{name: Affine, translate_percent: 0.03}``. Plain
+    names and numbers (not ``_target_`` objects) keep the list in checkpoints and sweeps.
+    Only transforms that keep a normal image normal belong here: flips and 90° turns for
+    textures and symmetric parts, small shifts; not colour jitter when colour can be a defect.
+    """
+    transforms: list[A.BasicTransform] = []
+    for index, spec in enumerate(specs or ()):
+        key = f"data.augmentations[{index}]"
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+            raise ValueError(
+                f"{key}={spec!r}: expected a mapping with the albumentations class under "
+                "'name' and its arguments beside it, e.g. {name: HorizontalFlip, p: 0.5}."
+            )
+        arguments = {k: v for k, v in spec.items() if k != "name"}
+        cls = getattr(A, spec["name"], None)
+        if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
+            raise ValueError(
+                f"{key}.name={spec['name']!r} is not an albumentations transform (e.g. "
+                "HorizontalFlip, VerticalFlip, RandomRotate90, Affine)."
+            )
+        try:
+            transforms.append(cls(**arguments))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{key}: {spec['name']}({arguments}) failed: {error}") from error
+    return transforms
 
 
 def check_normalization(normalization: str) -> str:
@@ -105,8 +122,13 @@ def build_normalize_transform(
     augmentations: Sequence[A.BasicTransform] | None = None,
     seed: int | None = None,
     normalization: str = "fixed",
+    crop: int | None = None,
 ) -> A.Compose:
     """Augment (optional) an already-resized image, normalise to [-1, 1], make a CHW tensor.
+
+    ``crop``: cut a random ``crop`` × ``crop`` window *after* normalising (``data.resize=tile``
+    trains on tiles of a frame); ``per_image`` statistics are then the whole frame's, as at
+    test time, when every tile of the frame is scored.
 
     ``augmentations`` (default: none) see the resized uint8/float image and its mask;
     anomaly detection trains on normals only, so random augmentation is off unless a
@@ -114,8 +136,14 @@ def build_normalize_transform(
     global numpy state); data loader workers reseed it per worker (``seed_worker``).
     ``strict=True`` turns invalid transform arguments into errors instead of warnings.
     """
+    cropping = [A.RandomCrop(crop, crop)] if crop is not None else []
     return A.Compose(
-        [*(augmentations or ()), *_normalize_steps(channels, normalization), ToTensorV2()],
+        [
+            *(augmentations or ()),
+            *_normalize_steps(channels, normalization),
+            *cropping,
+            ToTensorV2(),
+        ],
         strict=True,
         seed=seed,
     )

@@ -13,7 +13,10 @@ the *training normals* alone:
 Both are scored by a copy of the model's own scorer (same map norm, smoothing, per-pixel
 standardisation by validation normals, pooling; its latent term has no counterpart here and
 is left out), at the model's resolution, normalisation and image pre-processing, since the
-images come from the same data module. ``lift = model AUROC - better reference AUROC``
+images come from the same data module. With ``data.resize=tile`` the PCA works on tiles as
+the model does: it is fitted on tiles of the training frames and reconstructs every tile of
+a frame, stitched like the model's (:mod:`anomaly_gan.tiling`); the mean image is the mean
+whole frame. ``lift = model AUROC - better reference AUROC``
 says at once whether the GAN learnt something the recipe alone does not give.
 """
 
@@ -29,6 +32,7 @@ from torch.utils.data import DataLoader
 from anomaly_gan.corruption import SyntheticDefects
 from anomaly_gan.evaluation.metrics import image_metrics
 from anomaly_gan.scoring import AnomalyScore, separation_auroc
+from anomaly_gan.tiling import TileLayout, split_tiles, stitch_tiles
 
 #: Candidate PCA sizes; those >= the number of training normals are dropped.
 PCA_COMPONENTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -36,6 +40,8 @@ PCA_COMPONENTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SELECTION_SEED = 0
 #: Images per chunk when maps are computed (bounds memory at large image sizes).
 CHUNK = 64
+#: At most this many training tiles fit the tiled PCA (a seeded subset; bounds its N×N Gram).
+MAX_PCA_TILES = 2048
 
 
 class MeanReconstruction:
@@ -76,6 +82,34 @@ class PcaReconstruction:
         return ((flat @ basis) @ basis.T + self.mean).view_as(images).to(images.dtype)
 
 
+class TiledReconstruction:
+    """A reconstruction of ``tile`` × ``tile`` inputs applied to every tile of larger frames
+    and stitched back (overlaps averaged), as the model scores ``data.resize=tile`` frames."""
+
+    def __init__(self, inner: PcaReconstruction, tile: int) -> None:
+        self.inner = inner
+        self.tile = tile
+
+    def __call__(self, images: Tensor) -> Tensor:
+        if tuple(images.shape[-2:]) == (self.tile, self.tile):
+            return self.inner(images)
+        layout = TileLayout.for_frame(images.shape[-2], images.shape[-1], self.tile)
+        return stitch_tiles(self.inner(split_tiles(images, layout)), layout)
+
+
+def training_tiles(frames: Tensor, tile: int) -> Tensor:
+    """Every tile of ``frames`` (the frames themselves when they are tiles), at most
+    :data:`MAX_PCA_TILES` of them (a seeded subset)."""
+    if tuple(frames.shape[-2:]) == (tile, tile):
+        return frames
+    tiles = split_tiles(frames, TileLayout.for_frame(frames.shape[-2], frames.shape[-1], tile))
+    if tiles.shape[0] > MAX_PCA_TILES:
+        generator = torch.Generator().manual_seed(SELECTION_SEED)
+        keep = torch.randperm(tiles.shape[0], generator=generator)[:MAX_PCA_TILES]
+        tiles = tiles[keep.sort().values]
+    return tiles
+
+
 def reference_scorer(scorer_config: dict[str, Any]) -> AnomalyScore:
     """The model's scorer without its latent term (a fixed reconstruction has no latent code)."""
     config = {key: value for key, value in dict(scorer_config).items() if key != "_target_"}
@@ -108,7 +142,11 @@ def _calibrated(
 
 
 def fit_pca(
-    train: Tensor, validation: Tensor, scorer_config: dict[str, Any], quantile: float
+    train: Tensor,
+    validation: Tensor,
+    scorer_config: dict[str, Any],
+    quantile: float,
+    tile: int | None = None,
 ) -> tuple[PcaReconstruction, dict[int, float]]:
     """The PCA reconstruction whose ``k`` best separates synthetically defective from clean
     validation normals, and the AUROC of every ``k`` tried.
@@ -116,10 +154,13 @@ def fit_pca(
     The scorer's per-pixel statistics come from the even-numbered validation images; the
     odd-numbered ones, clean and with pasted defects, are scored. Ties go to the smaller
     ``k``. With fewer than 4 validation normals there is nothing to compare on and ``k`` is
-    the fifth candidate (16) or the largest available.
+    the fifth candidate (16) or the largest available. ``tile``: fit on tiles of that side
+    and reconstruct frames tile by tile (``data.resize=tile``; the returned PCA works on tiles).
     """
-    candidates = [k for k in PCA_COMPONENTS if k < train.shape[0]] or [1]
-    pca = PcaReconstruction(train, max(candidates))
+    samples = training_tiles(train, tile) if tile is not None else train
+    candidates = [k for k in PCA_COMPONENTS if k < samples.shape[0]] or [1]
+    pca = PcaReconstruction(samples, max(candidates))
+    reconstruct = TiledReconstruction(pca, tile) if tile is not None else pca
     candidates = [k for k in candidates if k <= pca.k]
     if validation.shape[0] < 4:
         pca.k = candidates[min(len(candidates) - 1, 4)]
@@ -130,10 +171,10 @@ def fit_pca(
     aurocs: dict[int, float] = {}
     for k in candidates:
         pca.k = k
-        scorer = _calibrated(scorer_config, pca, reference, quantile)
+        scorer = _calibrated(scorer_config, reconstruct, reference, quantile)
         aurocs[k] = separation_auroc(
-            scorer.score_error_maps(_error_maps(scorer, pca, held_out)),
-            scorer.score_error_maps(_error_maps(scorer, pca, corrupted)),
+            scorer.score_error_maps(_error_maps(scorer, reconstruct, held_out)),
+            scorer.score_error_maps(_error_maps(scorer, reconstruct, corrupted)),
         )
     pca.k = max(aurocs, key=lambda k: (aurocs[k], -k))
     return pca, aurocs
@@ -153,8 +194,12 @@ def reference_metrics(
 
     train = images_of(datamodule.train_samples)
     validation = images_of(datamodule.val_samples or datamodule.train_samples)
-    pca, selection = fit_pca(train, validation, scorer_config, threshold_quantile)
-    references = {"mean": MeanReconstruction(train), "pca": pca}
+    tile = datamodule.image_size if datamodule.geometry.tiled else None
+    pca, selection = fit_pca(train, validation, scorer_config, threshold_quantile, tile)
+    references = {
+        "mean": MeanReconstruction(train),
+        "pca": TiledReconstruction(pca, tile) if tile is not None else pca,
+    }
     scorers = {
         name: _calibrated(scorer_config, reconstruct, validation, threshold_quantile)
         for name, reconstruct in references.items()

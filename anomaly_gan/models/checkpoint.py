@@ -3,8 +3,9 @@
 A checkpoint written by ``train.py`` is self-sufficient: it names its architecture class
 (``anomaly_gan.class_path``, written by the core's ``on_save_checkpoint``), holds the model's
 hyperparameters, its weights, the decision ``threshold`` (a buffer chosen on validation
-normals) and the datamodule's ``image_size`` / ``channels`` / ``normalization``. It is read
-with ``torch.load(weights_only=True)``: no pickled code runs. The class comes from the
+normals) and the datamodule's ``image_size`` / ``channels`` / ``normalization`` / ``resize``
+(and tile frame). It is read with ``torch.load(weights_only=True)``: no pickled code runs.
+The class comes from the
 architecture registry (:mod:`anomaly_gan.models.registry`); a class path outside it (a
 user's own subclass) is imported, and only subclasses of :class:`GanAnomalyModule` are ever
 built. A checkpoint without ``anomaly_gan.class_path`` is refused with the fix.
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from anomaly_gan.data.geometry import Geometry
 from anomaly_gan.models import registry
 from anomaly_gan.models.core import GanAnomalyModule
 
@@ -36,6 +38,13 @@ class Preprocessing:
     image_size: int
     channels: int
     normalization: str = "fixed"
+    resize: str = "squash"
+    frame: tuple[int, int] | None = None
+
+    @property
+    def geometry(self) -> Geometry:
+        """The shape every file is resized to before scoring (``data.resize``)."""
+        return Geometry(self.image_size, self.resize, self.frame)
 
 
 @dataclass
@@ -107,7 +116,14 @@ def _preprocessing(
             raise CheckpointError(
                 f"Checkpoint {path}: datamodule {key}={data[key]} but model {key}={hparams[key]}."
             )
-    return Preprocessing(int(image_size), int(channels), str(data.get("normalization", "fixed")))
+    frame = data.get("frame")
+    return Preprocessing(
+        int(image_size),
+        int(channels),
+        str(data.get("normalization", "fixed")),
+        str(data.get("resize", "squash")),
+        (int(frame[0]), int(frame[1])) if frame else None,
+    )
 
 
 def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

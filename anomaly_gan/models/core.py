@@ -35,12 +35,16 @@ from anomaly_gan.losses import GeneratorLoss, discriminator_loss, distance
 from anomaly_gan.nets.init import dcgan_init
 from anomaly_gan.resolvers import default_base_width
 from anomaly_gan.scoring import DEFAULT_SCORER, AnomalyScore, separation_auroc
+from anomaly_gan.tiling import TileLayout, split_tiles, stitch_tiles
 
 log = logging.getLogger(__name__)
 
 #: Seed of the synthetic defects scored at validation (``validation_defects``); batch i
 #: uses this + i, so every validation of a run, and every run, sees the same defects.
 VALIDATION_DEFECT_SEED = 1234
+
+#: Tiles one generator call reconstructs when a frame is scored tile by tile (bounds memory).
+TILE_CHUNK = 256
 
 #: Scorer buffers that checkpoints from before the scorer was a module keep at top level.
 LEGACY_SCORER_BUFFERS = ("threshold", "map_mean", "map_std")
@@ -210,10 +214,40 @@ class GanAnomalyModule(L.LightningModule):
         scores, output, _ = self.score_with_map(image)
         return scores, output
 
+    def reconstruct(self, image: Tensor) -> tuple[GeneratorOutput, Tensor, Tensor]:
+        """Generator output and latent pair of whole images, (B, C, H, W).
+
+        An image of the model's input size goes through the generator at once. A larger
+        frame (``data.resize=tile``) is cut into overlapping tiles (:mod:`anomaly_gan.tiling`);
+        their reconstructions are stitched back into one frame, and each image's latent codes
+        are its tiles' codes side by side, so the latent distance is their mean.
+        """
+        size = self.hparams.image_size
+        if tuple(image.shape[-2:]) == (size, size):
+            output = self.generate(image)
+            return output, *self.latent_pair(image, output)
+        layout = TileLayout.for_frame(image.shape[-2], image.shape[-1], size)
+        parts: list[Tensor] = []
+        codes_in: list[Tensor] = []
+        codes_out: list[Tensor] = []
+        tiles_of_batch = split_tiles(image, layout)
+        # Exported graphs keep the batch axis dynamic: no chunking by its length there.
+        exporting = torch.compiler.is_exporting()
+        for tiles in (tiles_of_batch,) if exporting else tiles_of_batch.split(TILE_CHUNK):
+            output = self.generate(tiles)
+            latent_in, latent_out = self.latent_pair(tiles, output)
+            parts.append(output.reconstruction)
+            codes_in.append(latent_in.flatten(1))
+            codes_out.append(latent_out.flatten(1))
+        batch = image.shape[0]
+        latent_in = torch.cat(codes_in).reshape(batch, -1)
+        latent_out = torch.cat(codes_out).reshape(batch, -1)
+        reconstruction = stitch_tiles(torch.cat(parts), layout)
+        return GeneratorOutput(reconstruction, latent_in, latent_out), latent_in, latent_out
+
     def score_with_map(self, image: Tensor) -> tuple[Tensor, GeneratorOutput, Tensor]:
         """Scores (B,), generator output and the anomaly map (B, 1, H, W), map computed once."""
-        output = self.generate(image)
-        latent_in, latent_out = self.latent_pair(image, output)
+        output, latent_in, latent_out = self.reconstruct(image)
         anomaly_map = self.anomaly_map(image, output.reconstruction)
         latent_distance = self.scorer.latent_distance(latent_in, latent_out)
         scores = self.scorer.score(latent_distance, anomaly_map)
@@ -330,8 +364,7 @@ class GanAnomalyModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image = batch["image"]
-        output = self.generate(image)
-        latent_in, latent_out = self.latent_pair(image, output)
+        output, latent_in, latent_out = self.reconstruct(image)
         self._val_maps.append(self.scorer.error_map(image, output.reconstruction).detach())
         self._val_latent.append(self.scorer.latent_distance(latent_in, latent_out).detach())
         batch_size = image.shape[0]
@@ -347,8 +380,7 @@ class GanAnomalyModule(L.LightningModule):
         if self.validation_defects is not None:
             seeded = torch.Generator().manual_seed(VALIDATION_DEFECT_SEED + batch_idx)
             defective = self.validation_defects(image, generator=seeded)
-            output = self.generate(defective)
-            latent_in, latent_out = self.latent_pair(defective, output)
+            output, latent_in, latent_out = self.reconstruct(defective)
             self._defect_maps.append(
                 self.scorer.error_map(defective, output.reconstruction).detach()
             )
