@@ -1,15 +1,17 @@
 """Does a model detect real defects, and does it beat a reconstruction that learns nothing?
 
-    python bench/quality.py             # 4 real sets x 5 models x seeds 0, 1 at 64 px, 10 min a run
+    python bench/quality.py             # 4 real sets x 5 models x seeds 0, 1, defaults only
     python bench/quality.py --datasets elpv --models ganomaly --seeds 0 -- model.lr=1e-4
     python bench/quality.py --reuse     # resume: completed runs are read, the others (re)run
 
-Every run is a real ``python train.py`` job on one real data set in MVTec layout
-(``data=mvtec``, per-image normalisation, 15% of the training normals for validation); its
-results.json is read back: the model's image AUROC, AP, pixel AUROC and AUPRO (where the
-set has masks) and the no-learning reference train.py scores beside it (the model's own
-scorer on the mean training image / a PCA reconstruction of the training normals,
-:mod:`anomaly_gan.evaluation.reference`), with the model's lift over the better one.
+Every run is the plain ``python train.py model=<m> data=mvtec data.root=<root>
+data.category=<set>`` a new user types, at the defaults in conf/ (budget included; ``--budget``
+caps it by time instead), plus only what the bench needs: the seed, the selection/report split
+of the test set, a CSV logger and the run folder. Its results.json is read back: the model's
+image AUROC, AP, pixel AUROC and AUPRO (where the set has masks) and the no-learning
+reference train.py scores beside it (the model's own scorer on the mean training image / a
+PCA reconstruction of the training normals, :mod:`anomaly_gan.evaluation.reference`), with
+the model's lift over the better one.
 The table reports the *report* part of the test set (``data.selection_fraction``);
 settings are chosen on the selection part and on validation normals only
 (docs/what-works.md).
@@ -83,23 +85,20 @@ def run_dir_of(args: argparse.Namespace, dataset: str, model: str, size: int, se
 def train_command(
     args: argparse.Namespace, dataset: str, model: str, size: int, seed: int
 ) -> list[str]:
-    budget = args.model_budget.get((model, size), args.budget_of[size])
+    budget = args.model_budget.get((model, size), args.budget_of.get(size))
+    capped = [f"trainer.max_time={budget}", "trainer.max_epochs=100000"] if budget else []
     return [
         sys.executable,
         str(REPO / "train.py"),
         "data=mvtec",
         f"data.root={args.root}",
         f"data.category={dataset}",
-        f"data.channels={args.datasets[dataset]}",
-        "data.normalization=per_image",  # lighting varies between images (docs/what-works.md)
-        "data.val_fraction=0.15",
         f"data.image_size={size}",
         f"data.selection_fraction={args.selection_fraction}",
         f"data.test_part={args.test_part}",
         f"model={model}",
         f"seed={seed}",
-        f"trainer.max_time={budget}",
-        "trainer.max_epochs=100000",  # the time budget ends training; test uses best val/con
+        *capped,  # --budget: the time budget ends training; test uses the chosen checkpoint
         "logger=csv",
         "callbacks.progress_bar.refresh_rate=0",
         f"tags=[quality,{dataset}]",
@@ -253,10 +252,15 @@ def dataset_table(
 
 
 def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:
-    budgets = ", ".join(f"{size} px: {budget}" for size, budget in args.budget_of.items())
+    budgets = (
+        "trainer.max_time "
+        + ", ".join(f"{size} px: {budget}" for size, budget in args.budget_of.items())
+        if args.budget_of
+        else "the default budget (conf/)"
+    )
     extra = " ".join(args.overrides) or "none"
     lines = [
-        f"Seeds {' '.join(map(str, args.seeds))}; trainer.max_time {budgets}"
+        f"Seeds {' '.join(map(str, args.seeds))}; {budgets}"
         + (f" (own: {' '.join(args.model_budget_entries)})" if args.model_budget else "")
         + f"; {args.test_part} part of the test set (selection_fraction "
         f"{args.selection_fraction}); extra overrides: {extra}.",
@@ -332,10 +336,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--budget",
         nargs="+",
-        default=["00:00:10:00"],
+        default=None,
         metavar="DD:HH:MM:SS",
-        help="trainer.max_time per run: one for every size, or one per --sizes entry "
-        "(default: 10 minutes)",
+        help="trainer.max_time per run instead of the default budget: one for every size, or "
+        "one per --sizes entry (default: none, the configs' budget)",
     )
     parser.add_argument(
         "--model-budget",
@@ -390,10 +394,11 @@ def parse_args() -> argparse.Namespace:
         datasets[name] = int(channels) if channels else DATASETS[name]
     args.datasets = datasets
 
-    if len(args.budget) not in (1, len(args.sizes)):
+    args.budget = args.budget or []
+    if len(args.budget) not in (0, 1, len(args.sizes)):
         parser.error("--budget takes one value, or one per --sizes entry")
     budgets = args.budget * len(args.sizes) if len(args.budget) == 1 else args.budget
-    args.budget_of = dict(zip(args.sizes, budgets, strict=True))
+    args.budget_of = dict(zip(args.sizes, budgets, strict=True)) if budgets else {}
     args.model_budget_entries, args.model_budget = args.model_budget or [], {}
     for entry in args.model_budget_entries:
         key, _, budget = entry.partition("=")
