@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from anomaly_gan import resolvers as _resolvers  # noqa: F401  (registers the ${ag.*} resolvers)
+from anomaly_gan.checkpointing import AtomicCheckpointIO, resume_point
 from anomaly_gan.data.datamodule import AUTO_CHANNELS
 from anomaly_gan.evaluation.evaluator import TestEvaluator
 from anomaly_gan.evaluation.results import (
@@ -192,32 +193,6 @@ def _checkpoint_dir(cfg: DictConfig, run_dir: Path) -> Path:
     return Path(callback.get("dirpath") or run_dir / "checkpoints")
 
 
-def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
-    """Where training restarts: ``ckpt_path`` if given, else this run's ``last.ckpt``.
-
-    A re-launched sweep job (same job directory, e.g. after a SLURM pre-emption) finds its
-    own ``last.ckpt`` when ``auto_resume`` is on, and continues from the last finished
-    epoch, so it ends after the same number of optimizer steps as an uninterrupted run.
-    """
-    requested = cfg.get("ckpt_path")
-    last = _checkpoint_dir(cfg, run_dir) / "last.ckpt"
-    if requested == "last":
-        if not last.is_file():
-            raise FileNotFoundError(
-                f"ckpt_path=last but {last} does not exist. Re-run in the interrupted run's "
-                "directory (hydra.run.dir=<that dir>, or the same hydra.sweep.dir for a sweep) "
-                "or give ckpt_path=<file.ckpt>."
-            )
-        return str(last)
-    if requested:
-        if not Path(requested).is_file():
-            raise FileNotFoundError(f"ckpt_path={requested}: no such checkpoint file")
-        return str(requested)
-    if cfg.get("auto_resume") and last.is_file():
-        return str(last)
-    return None
-
-
 def _test_trainer(cfg: DictConfig, trainer: L.Trainer, evaluator: TestEvaluator) -> L.Trainer:
     """The trainer that tests, with ``evaluator`` among its callbacks.
 
@@ -326,8 +301,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_results(run_dir, results)
     try:
         _fill_wandb_defaults(cfg, results["config"])
-        resume_from = _resume_checkpoint(cfg, run_dir)
-        results["resumed_from"] = resume_from
+        resume = resume_point(
+            cfg.get("ckpt_path"),
+            bool(cfg.get("auto_resume")),
+            _checkpoint_dir(cfg, run_dir),
+            run_dir,
+        )
+        results["resumed_from"] = None if resume.path is None else str(resume.path)
+        if resume.skipped:
+            results["skipped_checkpoints"] = resume.skipped
         if cfg.get("seed") is not None:
             L.seed_everything(cfg.seed, workers=True)
         # Plain Python containers, so checkpoints hold no OmegaConf objects and reload with
@@ -344,13 +326,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.trainer,
             callbacks=[*_instantiate_group(cfg.get("callbacks")), *stopping],
             logger=_instantiate_group(cfg.get("logger")) or False,
+            plugins=[AtomicCheckpointIO()],
             **length,
         )
         for logger in trainer.loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
         fit_started = time.monotonic()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=results["resumed_from"])
         results["fit_seconds"] = round(time.monotonic() - fit_started, 2)
         results["epochs"] = trainer.current_epoch
         results["global_step"] = trainer.global_step
