@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from anomaly_gan import resolvers as _resolvers  # noqa: F401  (registers the ${ag.*} resolvers)
 from anomaly_gan.checkpointing import AtomicCheckpointIO, resume_point
-from anomaly_gan.data.datamodule import AUTO_CHANNELS
+from anomaly_gan.data.datamodule import AUTO_CHANNELS, AnomalyDataModule
 from anomaly_gan.evaluation.evaluator import TestEvaluator
 from anomaly_gan.evaluation.results import (
     IMAGE_METRICS,
@@ -268,6 +268,18 @@ def _training_length(cfg: DictConfig) -> tuple[dict[str, Any], list[Callback]]:
     return length, stopping
 
 
+def _record_skipped_files(
+    results: dict[str, Any], datamodule: AnomalyDataModule, listed: int = 100
+) -> None:
+    """``n_skipped_files`` and the first ``listed`` of them (``data.skip_corrupt=true``):
+    a run that trained on fewer files than the dataset holds says so in its results."""
+    results["n_skipped_files"] = len(datamodule.skipped)
+    if datamodule.skipped:
+        results["skipped_files"] = [
+            {"path": str(path), "error": reason} for path, reason in datamodule.skipped[:listed]
+        ]
+
+
 def _completed_before(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     if not cfg.get("skip_completed") or not (run_dir / RESULTS_FILE).is_file():
         return None
@@ -290,6 +302,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.monotonic()
     writes_results = rank_zero_only.rank == 0
     evaluator: TestEvaluator | None = None
+    datamodule: AnomalyDataModule | None = None
     results: dict[str, Any] = {
         "status": "running",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -368,6 +381,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
         raise
     finally:
+        if datamodule is not None:
+            _record_skipped_files(results, datamodule)
         results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         results["duration_s"] = round(time.monotonic() - started, 2)
         if writes_results:

@@ -12,7 +12,8 @@ Shared by every dataset layout:
   own aspect ratio, cut into tiles; ``anomaly_gan.data.geometry``);
 - ``data.augmentations``: albumentations transforms by name, on the training normals only;
 - ``data.cache`` / ``data.cache_dir``: decoded, resized images kept in memory and on disk;
-- ``data.skip_corrupt``: unreadable files dropped at setup with a warning and a count;
+- every image and mask checked at setup (``verify.py``): a bad file stops the run before
+  training, or with ``data.skip_corrupt`` is dropped with a warning and a count;
 - ``data.download``: the official archive fetched into an empty ``data.root``;
 - persistent, per-worker-seeded DataLoader workers.
 """
@@ -47,6 +48,7 @@ from anomaly_gan.data.dataset import (
 from anomaly_gan.data.download import ARCHIVES, check_sha256, download_dataset, is_empty_root
 from anomaly_gan.data.geometry import Geometry, check_resize, image_sizes, tile_frame
 from anomaly_gan.data.transforms import build_augmentations, check_normalization
+from anomaly_gan.data.verify import mixed_formats, verify_samples
 
 log = logging.getLogger(__name__)
 
@@ -361,8 +363,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         train_normals, test_samples = self.scan()
         train_normals = list(train_normals)
         test_samples = {name: list(samples) for name, samples in test_samples.items()}
-        if self.skip_corrupt:
-            train_normals, test_samples = self._drop_corrupt(train_normals, test_samples)
+        train_normals, test_samples = self._drop_corrupt(train_normals, test_samples)
         if not train_normals:
             raise DatasetError(
                 f"{type(self).__name__} found no usable training images. Check data.root "
@@ -430,39 +431,46 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
     def _drop_corrupt(
         self, train: list[Sample], tests: dict[str, list[Sample]]
     ) -> tuple[list[Sample], dict[str, list[Sample]]]:
-        """Decode every file once (filling the cache) and drop those that fail.
+        """Check every image and mask (``anomaly_gan.data.verify``) before any is trained on.
 
-        Only with ``data.skip_corrupt=true``; otherwise the first decode of a bad file
-        raises ``DatasetError`` naming it.
+        A bad file stops the run here, naming every bad file, instead of at whichever step
+        first draws it (or never, when ``drop_last`` drops its batch). With
+        ``data.skip_corrupt=true`` its sample is dropped with a warning instead, and
+        ``self.skipped`` lists it (``results.json``: ``skipped_files``). Images that mix
+        pixel formats are converted and named in a warning.
         """
         unique = list(dict.fromkeys([*train, *(s for samples in tests.values() for s in samples)]))
-        # Runs before channels and the tile frame are known: decode at the square size (the
-        # arrays fill the cache when that is the run's geometry).
-        known = self.channels != AUTO_CHANNELS and self.resize == "squash"
-        dataset = AnomalyImageDataset(
-            unique,
-            self.image_size,
-            int(self.channels) if self.channels != AUTO_CHANNELS else 3,
-            cache=self.image_cache if known else None,
-        )
-        bad: dict[Sample, str] = {}
-        for index, sample in enumerate(unique):
-            try:
-                dataset.load_arrays(index)
-            except DatasetError as error:
-                bad[sample] = str(error)
-        self.skipped.extend((sample.image_path, reason) for sample, reason in bad.items())
+        checked = verify_samples(unique)
+        bad = checked.bad
+        if bad and not self.skip_corrupt:
+            listed = "\n".join(f"  {reason}" for reason in list(bad.values())[:5])
+            more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise DatasetError(
+                f"{len(bad)} of {len(unique)} samples of {type(self).__name__} cannot be "
+                f"used:\n{listed}{more}\nFix: replace or remove these files, or set "
+                "data.skip_corrupt=true to skip them with a warning."
+            )
+        self.skipped.extend((s.image_path, reason) for s, reason in bad.items())
         if bad:
             listed = "; ".join(f"{s.image_path}" for s in list(bad)[:5])
             more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
             message = (
                 f"data.skip_corrupt=true: skipped {len(bad)} of {len(unique)} images that "
-                f"could not be read: {listed}{more}. The first error: {next(iter(bad.values()))}"
+                f"could not be used: {listed}{more}. The first error: {next(iter(bad.values()))}"
             )
             warnings.warn(message, DataWarning, stacklevel=3)
             log.warning(message)
         keep = [s for s in train if s not in bad]
-        return keep, {name: [s for s in samples if s not in bad] for name, samples in tests.items()}
+        kept_tests = {name: [s for s in samples if s not in bad] for name, samples in tests.items()}
+        groups = {"training images": keep}
+        groups |= {f"test images of {name}": samples for name, samples in kept_tests.items()}
+        for group, samples in groups.items():
+            formats = {s.image_path: checked.images[s.image_path] for s in samples}
+            mixed = mixed_formats(formats, group)
+            if mixed:
+                warnings.warn(mixed, DataWarning, stacklevel=3)
+                log.warning(mixed)
+        return keep, kept_tests
 
     def _test_part(self, name: str, samples: list[Sample]) -> list[Sample]:
         """The ``selection`` or ``report`` part of a test set (``data.selection_fraction``).

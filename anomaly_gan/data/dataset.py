@@ -132,6 +132,19 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     return _to_channels(image, channels, path)
 
 
+def mask_size_error(
+    mask_path: Path, mask_size: tuple[int, int], image_path: Path, image_size: tuple[int, int]
+) -> DatasetError:
+    """The error for a mask whose (height, width) differs from its image's: a mispairing
+    (or a resized copy) that would score the defect in the wrong place."""
+    (mask_h, mask_w), (image_h, image_w) = mask_size, image_size
+    return DatasetError(
+        f"Mask {mask_path} is {mask_w}x{mask_h} but its image {image_path} is "
+        f"{image_w}x{image_h} (width x height). Each mask must match its image; check the "
+        "pairing, or set data.skip_corrupt=true to skip such pairs with a warning."
+    )
+
+
 def read_mask(path: Path) -> np.ndarray:
     """Read a ground-truth mask as uint8 (H, W) with values 0/1 (any non-zero pixel = defect).
 
@@ -229,12 +242,7 @@ class AnomalyImageDataset(Dataset):
             mask_path, "mask", self._mask_settings, lambda: self._decode_mask(mask_path)
         )
         if mask.source_size != image.source_size:
-            (mask_h, mask_w), (image_h, image_w) = mask.source_size, image.source_size
-            raise DatasetError(
-                f"Mask {mask_path} is {mask_w}x{mask_h} but its image {sample.image_path} is "
-                f"{image_w}x{image_h} (width x height). Each mask must match its image; "
-                "check the pairing."
-            )
+            raise mask_size_error(mask_path, mask.source_size, sample.image_path, image.source_size)
         return image.array, mask.array
 
     def __getitem__(self, index: int) -> dict[str, Any]:
