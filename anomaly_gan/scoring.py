@@ -12,6 +12,9 @@ Two options make the reconstruction term follow defects rather than texture nois
 - ``smooth_difference``: smooth the signed difference x − x̂ before taking |·| or (·)².
   Zero-mean texture error (stripes, grain) cancels inside the kernel; a defect that is
   consistently darker or brighter than its reconstruction stays.
+  With ``per_channel`` each colour channel is smoothed and normed on its own, so a defect
+  of another hue (a stain) stays as well; ``map_sigma_fraction`` keeps the kernel narrower
+  than a defect on small images.
 - ``normalize_map``: divide each pixel's error, after subtracting its mean, by its
   standard deviation over *validation normals* (the scorer's ``map_mean`` / ``map_std``
   buffers, set by :meth:`AnomalyScore.calibrate` at every validation). Tile borders and
@@ -49,14 +52,17 @@ FIELDS = (
     "pooling",
     "top_k_fraction",
     "per_channel",
+    "map_sigma_fraction",
 )
 
 #: The models' default score, the one home of its settings: what every model class scores with
 #: when built without ``scorer`` and what ``conf/model/scorer/difference_map.yaml`` (selected by
-#: every ``model=<name>`` config) mirrors, key for key (tests/test_config.py). |Gaussian σ=4 of
-#: x − x̂| (texture error cancels, darker or brighter defects stay), standardised per pixel by
-#: the validation normals, mean of the top 5 % pixels (docs/what-works.md). The papers' scores
-#: are the other ``conf/model/scorer`` files, chosen by ``model=<name>_paper``.
+#: every ``model=<name>`` config) mirrors, key for key (tests/test_config.py). |Gaussian of
+#: x − x̂| per colour channel, averaged over the channels (texture error cancels, darker,
+#: brighter or differently coloured defects stay), σ = 4 px but at most 1/16 of the image
+#: side (2 px at 32 px), standardised per pixel by the validation normals, mean of the top 5 %
+#: pixels (docs/what-works.md). The papers' scores are the other ``conf/model/scorer`` files,
+#: chosen by ``model=<name>_paper``.
 DEFAULT_SCORER: Mapping[str, Any] = MappingProxyType(
     {
         "latent_weight": 0.0,
@@ -67,7 +73,8 @@ DEFAULT_SCORER: Mapping[str, Any] = MappingProxyType(
         "normalize_map": True,
         "pooling": "top_k",
         "top_k_fraction": 0.05,
-        "per_channel": False,
+        "per_channel": True,
+        "map_sigma_fraction": 0.0625,
     }
 )
 
@@ -163,6 +170,7 @@ class AnomalyScore(nn.Module):
         latent_weight, reconstruction_weight: the two terms' weights (>= 0, not both 0).
         reconstruction_norm: a key of :data:`NORMS`.
         map_sigma: Gaussian smoothing of the anomaly map (pixels); 0 = raw per-pixel error.
+            See ``map_sigma_fraction`` for small images.
         smooth_difference: smooth the signed difference (true) or the error (false); needs
             ``map_sigma`` > 0.
         normalize_map: standardise each pixel by validation-normal error statistics.
@@ -173,6 +181,11 @@ class AnomalyScore(nn.Module):
             the signed difference first (false). A hue shift that leaves the mean brightness
             unchanged (a coloured stain) cancels in the channel mean; per channel it stays.
             Grayscale images score the same either way.
+        map_sigma_fraction: the smoothing's σ is at most this fraction of the map's shorter
+            side: ``min(map_sigma, map_sigma_fraction * side)``; None: ``map_sigma`` at every
+            size. A defect spans fewer pixels at a lower resolution, and a reconstruction
+            that half follows a defect leaves a residue of both signs around it, which a
+            kernel much wider than the defect averages away (docs/what-works.md).
         image_size: side of the maps, so ``map_mean``/``map_std`` have their final shape
             from the start (the model passes it); without it they start as broadcasting
             1x1 identities and take the maps' shape at the first :meth:`calibrate` or
@@ -197,6 +210,7 @@ class AnomalyScore(nn.Module):
         pooling: Literal["mean", "max", "top_k"] = "mean",
         top_k_fraction: float = 0.01,
         per_channel: bool = False,
+        map_sigma_fraction: float | None = None,
         *,
         image_size: int | None = None,
     ) -> None:
@@ -210,6 +224,7 @@ class AnomalyScore(nn.Module):
         self.pooling = pooling
         self.top_k_fraction = top_k_fraction
         self.per_channel = per_channel
+        self.map_sigma_fraction = map_sigma_fraction
         self._validate()
         side = image_size or 1
         self.register_buffer("threshold", torch.tensor(float("nan")))
@@ -239,6 +254,11 @@ class AnomalyScore(nn.Module):
             )
         if self.map_sigma < 0:
             raise ValueError(f"model.scorer.map_sigma must be >= 0, got {self.map_sigma}")
+        fraction = self.map_sigma_fraction
+        if fraction is not None and not 0 < fraction <= 1:
+            raise ValueError(
+                f"model.scorer.map_sigma_fraction must be in (0, 1] or null, got {fraction}"
+            )
         if self.smooth_difference and self.map_sigma == 0:
             raise ValueError(
                 "model.scorer.smooth_difference=true needs model.scorer.map_sigma > 0 "
@@ -369,9 +389,16 @@ class AnomalyScore(nn.Module):
         return None
 
     # ---------------------------------------------------------------------- helpers
+    def sigma_for(self, height: int, width: int) -> float:
+        """The smoothing's σ on an ``height`` × ``width`` map (see ``map_sigma_fraction``)."""
+        if self.map_sigma_fraction is None:
+            return float(self.map_sigma)
+        return min(float(self.map_sigma), self.map_sigma_fraction * min(height, width))
+
     def _blur(self, values: Tensor) -> Tensor:
-        kernel = 2 * math.ceil(3 * self.map_sigma) + 1
-        return gaussian_blur(values, [kernel, kernel], [self.map_sigma, self.map_sigma])
+        sigma = self.sigma_for(values.shape[-2], values.shape[-1])
+        kernel = 2 * math.ceil(3 * sigma) + 1
+        return gaussian_blur(values, [kernel, kernel], [sigma, sigma])
 
     def _store(self, name: str, value: Tensor) -> None:
         """Write a statistic into its buffer: in place (the buffer object, which DDP holds on

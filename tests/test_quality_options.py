@@ -130,18 +130,83 @@ def test_validation_sets_map_statistics_that_travel_in_the_checkpoint(tmp_path: 
         assert torch.allclose(loaded(images), model.eval()(images))
 
 
-def test_per_channel_difference_keeps_a_hue_shift_that_the_channel_mean_cancels() -> None:
+def test_default_score_keeps_a_hue_shift_that_the_channel_mean_cancels() -> None:
     from anomaly_gan.scoring import DEFAULT_SCORER, AnomalyScore
 
     image = torch.zeros(1, 3, 16, 16)
     stained = image.clone()
     stained[0, 0, 4:10, 4:10] += 0.5  # redder ...
     stained[0, 2, 4:10, 4:10] -= 0.5  # ... and less blue: the same mean brightness
-    mean_first = AnomalyScore(**{**DEFAULT_SCORER, "normalize_map": False})
-    per_channel = AnomalyScore(**{**DEFAULT_SCORER, "normalize_map": False, "per_channel": True})
+    default = AnomalyScore(**{**DEFAULT_SCORER, "normalize_map": False})
+    mean_first = AnomalyScore(**{**DEFAULT_SCORER, "normalize_map": False, "per_channel": False})
     assert float(mean_first.error_map(stained, image).max()) < 1e-6
-    assert float(per_channel.error_map(stained, image).max()) > 0.05
+    assert float(default.error_map(stained, image).max()) > 0.05
     grey = torch.rand(2, 1, 16, 16)
     assert torch.equal(
-        mean_first.error_map(grey, image[:, :1]), per_channel.error_map(grey, image[:, :1])
+        mean_first.error_map(grey, image[:, :1]), default.error_map(grey, image[:, :1])
     )
+
+
+def test_default_smoothing_is_at_most_a_sixteenth_of_the_image_side() -> None:
+    from anomaly_gan.scoring import DEFAULT_SCORER, AnomalyScore
+
+    default = AnomalyScore(**DEFAULT_SCORER)
+    assert default.map_sigma == 4.0
+    assert default.sigma_for(64, 64) == 4.0  # the size the setting was chosen at
+    assert default.sigma_for(32, 32) == 2.0  # the demo's size
+    assert default.sigma_for(32, 48) == 2.0  # the shorter side
+    assert default.sigma_for(256, 256) == 4.0  # never wider than map_sigma
+    pixels = AnomalyScore(**{**DEFAULT_SCORER, "map_sigma_fraction": None})
+    assert pixels.sigma_for(32, 32) == 4.0
+    # A reconstruction that half follows a small defect leaves a residue of both signs
+    # around it; a kernel much wider than the defect averages it away.
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    blob = torch.exp(-((yy - 16) ** 2 + (xx - 16) ** 2) / (2 * 2.5**2)).expand(1, 3, 32, 32)
+    residue = blob - pixels._blur(blob)  # defect minus a blurred copy of it
+    zero = torch.zeros_like(residue)
+    scorer = AnomalyScore(**{**DEFAULT_SCORER, "normalize_map": False})
+    wide = AnomalyScore(**{**DEFAULT_SCORER, "normalize_map": False, "map_sigma_fraction": None})
+    assert scorer.error_map(residue, zero).max() > 2 * wide.error_map(residue, zero).max()
+
+
+def test_default_score_ranks_every_synthetic_defect_above_the_clean_images(
+    cache_dir: Path,
+) -> None:
+    """The built-in data at the demo's size (32 px), scored against a reconstruction that
+    removes every defect (the mean training image): the default recipe ranks every defect
+    image, the colour stain included, above the clean test images. The former default
+    (channel mean first, sigma 4 px at 32 px) ranked the stains at 0.905 here; per-channel
+    smoothing alone at 0.955."""
+    from anomaly_gan.data import SyntheticDataModule
+    from anomaly_gan.scoring import DEFAULT_SCORER, separation_auroc
+
+    datamodule = SyntheticDataModule(
+        root=cache_dir / "synthetic_stain",
+        image_size=32,
+        channels=3,
+        n_train=60,
+        n_test_good=20,
+        n_test_per_defect=10,
+        val_fraction=0.2,
+        cache=False,
+    )
+    datamodule.setup()
+
+    def images(samples: list[Sample]) -> torch.Tensor:
+        loader = DataLoader(datamodule._dataset(samples), batch_size=128)
+        return torch.cat([batch["image"] for batch in loader])
+
+    mean_image = images(datamodule.train_samples).mean(dim=0, keepdim=True)
+    normals = images(datamodule.val_samples)
+    scorer = AnomalyScore(**DEFAULT_SCORER)
+    scorer.calibrate(scorer.error_map(normals, mean_image), torch.zeros(len(normals)), 0.95)
+    (test,) = datamodule.test_samples.values()
+    scores = scorer.score_error_maps(scorer.error_map(images(test), mean_image))
+    types = [sample.defect_type for sample in test]
+    clean = scores[torch.tensor([t == "good" for t in types])]
+    aurocs = {
+        defect: separation_auroc(clean, scores[torch.tensor([t == defect for t in types])])
+        for defect in sorted(set(types) - {"good"})
+    }
+    assert set(aurocs) == {"missing", "scratch", "spot", "stain"}
+    assert min(aurocs.values()) >= 0.99, aurocs
