@@ -24,10 +24,11 @@ from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from anomaly_gan import resolvers as _resolvers  # noqa: F401  (registers the ${ag.*} resolvers)
-from anomaly_gan.checkpointing import AtomicCheckpointIO, resume_point
+from anomaly_gan.checkpointing import AtomicCheckpointIO, PreemptionCheckpoint, resume_point
 from anomaly_gan.data.datamodule import AUTO_CHANNELS, AnomalyDataModule
 from anomaly_gan.evaluation.evaluator import TestEvaluator
 from anomaly_gan.evaluation.results import (
@@ -235,6 +236,9 @@ def _training_length(cfg: DictConfig) -> tuple[dict[str, Any], list[Callback]]:
     per batch and Lightning counts every optimizer step: ``max_steps = 2 * iterations``.
     ``patience`` stops after that many validations without a lower ``val/con``
     (reconstruction error on validation normals). ``trainer.max_time`` caps either.
+    An explicit ``trainer.max_epochs`` (the default is null) decides instead of
+    ``iterations``: ``debug=fast``, the paper grids (``max_epochs: -1`` with ``max_steps``)
+    and a user's ``trainer.max_epochs=30`` keep their meaning.
     """
     iterations = _positive_int_or_none(
         "iterations", cfg.get("iterations"), "generator updates, e.g. iterations=2000"
@@ -245,6 +249,21 @@ def _training_length(cfg: DictConfig) -> tuple[dict[str, Any], list[Callback]]:
     patience = _positive_int_or_none(
         "patience", cfg.get("patience"), "validations without a lower val/con"
     )
+    max_epochs = cfg.trainer.get("max_epochs")
+    if iterations is not None and max_epochs is not None:
+        log.info(
+            "trainer.max_epochs=%s decides the training length; iterations=%d is not used "
+            "(trainer.max_epochs=null trains for iterations).",
+            max_epochs,
+            iterations,
+        )
+        iterations = None
+    if iterations is None and max_epochs is None and cfg.trainer.get("max_steps", -1) in (None, -1):
+        raise ValueError(
+            "No training length: iterations, trainer.max_epochs and trainer.max_steps are all "
+            "unset. Set iterations=<generator updates> (the default is 250) or "
+            "trainer.max_epochs=<epochs>."
+        )
     length: dict[str, Any] = {}
     if iterations is not None:
         every = math.ceil(iterations / (validations or 1))
@@ -266,6 +285,12 @@ def _training_length(cfg: DictConfig) -> tuple[dict[str, Any], list[Callback]]:
     if patience is not None:
         stopping.append(EarlyStopping(monitor="val/con", mode="min", patience=patience))
     return length, stopping
+
+
+def _preemption(trainer: L.Trainer | None) -> PreemptionCheckpoint | None:
+    """The trainer's pre-emption callback (``callbacks.preemption``), if it has one."""
+    callbacks = trainer.callbacks if trainer is not None else []
+    return next((cb for cb in callbacks if isinstance(cb, PreemptionCheckpoint)), None)
 
 
 def _record_skipped_files(
@@ -303,6 +328,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     writes_results = rank_zero_only.rank == 0
     evaluator: TestEvaluator | None = None
     datamodule: AnomalyDataModule | None = None
+    trainer: L.Trainer | None = None
     results: dict[str, Any] = {
         "status": "running",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -347,6 +373,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
         fit_started = time.monotonic()
         trainer.fit(model, datamodule=datamodule, ckpt_path=results["resumed_from"])
+        preemption = _preemption(trainer)
+        if preemption is not None and preemption.received is not None:
+            # The signal came after the last training batch (final validation): stop before
+            # testing; the re-run resumes at the end of training and only tests.
+            raise SIGTERMException
         results["fit_seconds"] = round(time.monotonic() - fit_started, 2)
         results["epochs"] = trainer.current_epoch
         results["global_step"] = trainer.global_step
@@ -370,7 +401,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _log_to_wandb(trainer, results, run_dir)
         results["status"] = "completed"
     except BaseException as error:
-        results["status"] = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        # Ctrl-C, a pre-emption signal (Lightning's SIGTERMException) or another exit: the
+        # run was stopped, not broken, and resumes from its checkpoints.
+        interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
+        results["status"] = "interrupted" if interrupted else "failed"
+        preemption = _preemption(trainer)
+        if interrupted and preemption is not None and preemption.received is not None:
+            results["interrupted_by"] = preemption.received.name
+            results["global_step"] = trainer.global_step if trainer is not None else None
+            results["checkpoint_on_interrupt"] = (
+                None if preemption.saved is None else str(preemption.saved)
+            )
         if evaluator is not None and evaluator.results and "categories" not in results:
             # Metrics are computed before figures: a failed figure never loses them.
             results["categories"] = evaluator.results
@@ -379,6 +420,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "message": str(error),
             "traceback": traceback.format_exc(),
         }
+        if isinstance(error, SIGTERMException):  # a SystemExit with no code would exit 0
+            signum = preemption.received if preemption and preemption.received else 15
+            raise SystemExit(128 + int(signum)) from error
         raise
     finally:
         if datamodule is not None:

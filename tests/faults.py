@@ -41,3 +41,26 @@ class KillDuringSave(Callback):
         self.saves += 1
         if self.saves == self.save:
             checkpoint["fault"] = _KillWhenPickled()
+
+
+class SignalAtStep(Callback):
+    """Send ``signal`` (a name: SIGTERM, SIGUSR1) to this process at the end of the training
+    batch that brings ``trainer.global_step`` to ``step``: a scheduler's pre-emption notice
+    arriving mid-epoch, at the same batch on every machine."""
+
+    def __init__(self, step: int, signal: str = "SIGTERM") -> None:
+        self.step = step
+        self.signal = signal
+        self.sent = False
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if not self.sent and trainer.global_step >= self.step:
+            self.sent = True
+            os.kill(os.getpid(), getattr(signal, self.signal))

@@ -4,21 +4,27 @@ loads whatever moment the previous process died at."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from anomaly_gan.checkpointing import (
     AtomicCheckpointIO,
     CheckpointWarning,
+    PreemptionCheckpoint,
     atomic_torch_save,
     resume_point,
 )
 from tests.conftest import run_train
+from tests.faults import SignalAtStep
 
 # The smallest real train.py run: 2 epochs x 2 batches, a narrow GANomaly, 8 test images.
 TINY = [
@@ -188,3 +194,62 @@ def test_run_killed_while_writing_last_ckpt_resumes_from_the_epoch_file(
     assert f"Resuming from {checkpoints / 'epoch000.ckpt'} (epoch 0" in resumed.stdout
     assert results["global_step"] == TINY_STEPS
     assert not list(checkpoints.glob(".*"))
+
+
+def test_sigterm_saves_marks_interrupted_and_the_rerun_ends_on_the_same_step_count(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """SIGTERM mid-epoch (sent by the process itself at a fixed step, so the moment is the
+    same on every machine): the run stops after the current batch with a checkpoint, exits
+    143 and says ``interrupted``; the re-run resumes from that checkpoint and completes on
+    the step count of an uninterrupted run (3 epochs x 3 batches x 2 optimizers)."""
+    run_dir = tmp_path / "run"
+    args = [
+        *TINY,
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=3",
+        f"paths.cache_dir={cache_dir}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    stopped = run_train(
+        *args,
+        "+callbacks.fault._target_=tests.faults.SignalAtStep",
+        "+callbacks.fault.step=8",
+        "+callbacks.fault.signal=SIGTERM",
+    )
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    results = _results(run_dir)
+    assert results["status"] == "interrupted" and results["interrupted_by"] == "SIGTERM"
+    assert results["global_step"] == 8 and results["checkpoint_on_interrupt"] == str(last)
+    assert torch.load(last, weights_only=True)["global_step"] == 8
+
+    resumed = run_train(*args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = _results(run_dir)
+    assert results["status"] == "completed" and results["resumed_from"] == str(last)
+    assert results["global_step"] == 3 * 3 * 2
+
+
+def test_sigusr1_stops_after_the_batch_with_a_checkpoint(tmp_path: Path) -> None:
+    """Outside SLURM, SIGUSR1 would kill the process outright (no handler); with the
+    callback it stops Lightning's loop at the same safe point as SIGTERM and saves."""
+    preemption = PreemptionCheckpoint()
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_train_batches=4,
+        limit_val_batches=1,
+        callbacks=[preemption, SignalAtStep(step=3, signal="SIGUSR1")],
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    before = signal.getsignal(signal.SIGUSR1)
+    with pytest.raises(SIGTERMException):
+        trainer.fit(BoringModel())
+    assert preemption.received == signal.SIGUSR1 and trainer.global_step == 3
+    assert preemption.saved == tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(preemption.saved, weights_only=True)["global_step"] == 3
+    assert signal.getsignal(signal.SIGUSR1) == before  # handlers handed back
