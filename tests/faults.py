@@ -1,4 +1,5 @@
-"""Faults at exact moments, injected into a real ``python train.py`` through its config.
+"""Faults at exact moments, injected into a real ``python train.py`` through its config,
+and machines that lack the optional packages.
 
 A test adds one as a callback, e.g. ``+callbacks.fault._target_=tests.faults.KillDuringSave
 +callbacks.fault.save=2``; ``train.py`` instantiates every ``callbacks.*`` entry. The
@@ -9,6 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sysconfig
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -64,3 +68,33 @@ class SignalAtStep(Callback):
         if not self.sent and trainer.global_step >= self.step:
             self.sent = True
             os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+#: Packages only some commands need (W&B logging, ONNX export and its check, Optuna and
+#: submitit sweeps): a command that does not use one must run on a machine without it.
+OPTIONAL_PACKAGES = ("wandb", "onnx", "onnxruntime", "optuna", "submitit")
+
+
+def without_packages(folder: Path, names: Sequence[str]) -> dict[str, str]:
+    """Environment for a subprocess that sees this interpreter's packages except ``names``,
+    as on a machine where they are not installed.
+
+    ``folder`` gets a copy of site-packages made of links, without those packages and their
+    metadata, and a ``sitecustomize`` that puts it in place of the real one: ``import``
+    fails, and ``importlib.util.find_spec`` / ``importlib.metadata`` say "absent" (what
+    torch and Lightning probe), exactly as without the package.
+    """
+    site_packages = Path(sysconfig.get_paths()["purelib"])
+    overlay = folder / "site-packages"
+    overlay.mkdir(parents=True, exist_ok=True)
+    for entry in site_packages.iterdir():
+        stem = entry.name.split("-")[0] if entry.name.endswith(".dist-info") else entry.name
+        if stem.removesuffix(".py") in names:
+            continue
+        (overlay / entry.name).symlink_to(entry)
+    real, copy = str(site_packages), str(overlay)
+    (folder / "sitecustomize.py").write_text(
+        f"import sys\nsys.path[:] = [{copy!r} if p == {real!r} else p for p in sys.path]\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    return {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{root}", "HYDRA_FULL_ERROR": "1"}

@@ -5,13 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from tests.conftest import run_train
+from tests.conftest import REPO_ROOT, run_train
+from tests.faults import OPTIONAL_PACKAGES, without_packages
+from tests.test_resume import TINY
 
 
 def _only_run_dir(root: Path) -> Path:
@@ -171,39 +175,50 @@ def test_metrics_survive_a_figure_that_cannot_be_written(tmp_path: Path, cache_d
     assert 0.0 <= results["categories"]["textile"]["auroc"] <= 1.0
 
 
-def test_train_runs_on_a_machine_without_wandb(tmp_path: Path, cache_dir: Path) -> None:
-    """With the CSV logger, a missing ``wandb`` package must not fail a finished run."""
-    blocker = tmp_path / "no_wandb"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class _NoWandb:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'wandb' or name.startswith('wandb.'):\n"
-        "            raise ModuleNotFoundError(\"No module named 'wandb'\")\n"
-        "        return None\n"
-        "sys.meta_path.insert(0, _NoWandb())\n"
-    )
-    import os
-    import subprocess
-    import sys
+def test_commands_run_on_a_machine_without_the_optional_packages(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """wandb, onnx, onnxruntime, optuna and submitit are imported only where used: a sweep
+    with the CSV logger and the basic launcher, ``predict.py`` and ``report.py`` run with all
+    five unimportable, ``export.py verify=false`` with all but onnx (the format it writes)."""
+    sweep = tmp_path / "sweep"
+    absent = without_packages(tmp_path / "absent", OPTIONAL_PACKAGES)
 
-    from tests.conftest import REPO_ROOT
+    def run(script: str, *args: str, env: dict[str, str] = absent) -> None:
+        done = subprocess.run(
+            [sys.executable, str(REPO_ROOT / script), *args],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+        assert done.returncode == 0, f"{script}: {done.stderr[-3000:]}"
 
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "train.py"),
-            "debug=fast",
-            "logger=csv",
-            "reference=false",
-            f"hydra.run.dir={tmp_path / 'run'}",
-            f"paths.cache_dir={cache_dir}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{REPO_ROOT}"},
+    run(
+        "train.py",
+        "-m",
+        *TINY,
+        "logger=csv",
+        "seed=0",
+        f"hydra.sweep.dir={sweep}",
+        f"paths.cache_dir={cache_dir}",
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "completed"
+    assert json.loads((sweep / "0" / "results.json").read_text())["status"] == "completed"
+    checkpoint = sweep / "0" / "checkpoints" / "last.ckpt"
+    images = cache_dir / "synthetic" / "textile" / "test" / "good"
+    run("predict.py", f"ckpt_path={checkpoint}", f"input={images}", f"output={tmp_path / 'p'}")
+    assert (tmp_path / "p" / "predictions.csv").is_file()
+    run("report.py", str(sweep))
+    no_onnx_runtime = without_packages(
+        tmp_path / "only_onnx", [name for name in OPTIONAL_PACKAGES if name != "onnx"]
+    )
+    onnx_file = tmp_path / "model.onnx"
+    run(
+        "export.py",
+        f"ckpt_path={checkpoint}",
+        "verify=false",
+        f"output={onnx_file}",
+        env=no_onnx_runtime,
+    )
+    assert onnx_file.is_file()
