@@ -15,6 +15,7 @@ from anomaly_gan.models.registry import ARCHITECTURES
 from anomaly_gan.nets.dcgan import count_parameters
 from anomaly_gan.resolvers import default_base_width
 from anomaly_gan.scoring import DEFAULT_SCORER, FIELDS
+from anomaly_gan.training import _training_length
 from tests.conftest import CONFIG_DIR, compose_model
 
 # model config -> the conf/loss file its defaults list selects (one file per distinct setting).
@@ -213,15 +214,30 @@ def test_an_experiment_can_override_the_loss_a_model_chose(tmp_path: Path) -> No
 
 
 def test_callbacks_loggers_and_trainer_instantiate(tmp_path: Path) -> None:
-    cfg = _compose(tmp_path, [])
+    cfg = _compose(tmp_path, ["trainer.max_epochs=3"])
     callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values()]
     loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values()]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     assert trainer.checkpoint_callback.monitor == "val/con"
-    assert trainer.max_epochs == cfg.trainer.max_epochs
+    assert trainer.max_epochs == 3
 
 
 def test_unsupported_image_size_is_refused_with_allowed_sizes(tmp_path: Path) -> None:
     cfg = _compose(tmp_path, ["data.image_size=40"])
     with pytest.raises(Exception, match=r"multiple of 16 from 32 to 512.*data.image_size"):
         hydra.utils.instantiate(cfg.model, _convert_="all")
+
+
+def test_training_length_is_the_iterations_budget_unless_epochs_are_given(tmp_path: Path) -> None:
+    """The default budget is ``iterations`` generator updates whatever the set's size; an
+    explicit ``trainer.max_epochs`` (debug=fast, the paper grids, a user's) decides instead;
+    with neither (nor max_steps) the run is refused before training."""
+    length, _ = _training_length(_compose(tmp_path, []))
+    assert length["max_steps"] == 2 * 250 and length["max_epochs"] == -1
+    assert length["val_check_interval"] == 50  # validations=5
+    length, _ = _training_length(_compose(tmp_path, ["trainer.max_epochs=4", "iterations=99"]))
+    assert length == {}  # the trainer config's max_epochs=4 stands
+    length, _ = _training_length(_compose(tmp_path, ["debug=fast"]))
+    assert length == {}
+    with pytest.raises(ValueError, match=r"No training length.*iterations=<generator updates>"):
+        _training_length(_compose(tmp_path, ["iterations=null"]))

@@ -120,6 +120,7 @@ def test_iteration_budget_ends_on_the_same_step_count_twice(tmp_path: Path) -> N
     overrides = (
         "debug=fast",
         f"trainer.limit_train_batches={epoch}",  # debug=fast's too; explicit: the epoch length
+        "trainer.max_epochs=null",  # debug=fast's 2 epochs would decide otherwise
         f"iterations={iterations}",
         f"validations={validations}",
         "reference=false",
