@@ -35,6 +35,7 @@ from anomaly_gan.evaluation.results import (
     IMAGE_METRICS,
     RESULTS_FILE,
     format_results_table,
+    process_record,
     read_results,
     write_results,
 )
@@ -333,6 +334,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "status": "running",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "run_dir": str(run_dir.resolve()),
+        "process": process_record(),
         "config": _config_summary(cfg),
         **_sweep_info(),
     }

@@ -33,17 +33,21 @@ class KillDuringSave(Callback):
     With ``ModelCheckpoint(save_last=True)`` checkpoint 1 is ``epoch000.ckpt`` and 2 is
     ``last.ckpt`` of the same validation: ``save=2`` is a pre-emption that lands after the
     first epoch file is complete and before ``last.ckpt`` exists.
+
+    In a sweep, ``job=${hydra:job.num}`` and ``kill_job=N`` kill only job N: the process
+    (and with it the sweep) dies there, as when a node fails.
     """
 
-    def __init__(self, save: int) -> None:
+    def __init__(self, save: int, job: int | None = None, kill_job: int | None = None) -> None:
         self.save = save
         self.saves = 0
+        self.armed = kill_job is None or job == kill_job
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         self.saves += 1
-        if self.saves == self.save:
+        if self.armed and self.saves == self.save:
             checkpoint["fault"] = _KillWhenPickled()
 
 

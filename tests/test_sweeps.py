@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT, run_train
+from tests.test_resume import TINY, TINY_STEPS
 
 FAST = [
     "logger=none",
@@ -179,3 +180,52 @@ def test_paper_grid_runs_as_smoke_and_rebuilds_its_table(tmp_path: Path, experim
     assert report.returncode == 0, report.stderr
     header = (sweep / "report" / "auroc_table.csv").read_text().splitlines()[0]
     assert header == "category,ganomaly,skip_ganomaly,skip_sa"
+
+
+def test_sweep_that_loses_a_job_to_a_crash_reports_it_missing_and_relaunch_finishes_it(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """Job 1 of a two-job sweep is SIGKILLed while writing its ``last.ckpt`` (the process,
+    and so the sweep, dies: a crash, not an exception). The report shows that job
+    ``missing`` (its results.json still says running, but its process is gone); the same
+    command again skips the completed job and resumes job 1 to the end."""
+    sweep = tmp_path / "sweep"
+    command = [
+        "-m",
+        *TINY,
+        "data.category=textile,fabric",
+        f"paths.cache_dir={cache_dir}",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    crashed = run_train(
+        *command,
+        "+callbacks.fault._target_=tests.faults.KillDuringSave",
+        "+callbacks.fault.save=2",
+        "+callbacks.fault.job=${hydra:job.num}",
+        "+callbacks.fault.kill_job=1",
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+    assert _results(sweep / "0")["status"] == "completed"
+    finished_at = _results(sweep / "0")["finished_at"]
+
+    report = subprocess.run(
+        [sys.executable, "report.py", str(sweep)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert report.returncode == 0, report.stderr
+    rows = {
+        row.split(",")[0]: row.split(",")[1:]
+        for row in (sweep / "report" / "auroc_table.csv").read_text().splitlines()[1:]
+    }
+    assert rows["fabric"] == ["missing"] and rows["textile"][0] not in ("missing", "running")
+
+    relaunched = run_train(*command)
+    assert relaunched.returncode == 0, relaunched.stderr[-3000:]
+    assert _results(sweep / "0")["finished_at"] == finished_at  # skipped, not re-run
+    job = _results(sweep / "1")
+    assert job["status"] == "completed"
+    assert job["resumed_from"] == str(sweep / "1" / "checkpoints" / "epoch000.ckpt")
+    assert job["global_step"] == TINY_STEPS

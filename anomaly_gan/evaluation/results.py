@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,30 @@ def write_results(run_dir: str | Path, results: dict[str, Any]) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return target
+
+
+def process_record() -> dict[str, Any]:
+    """Which process writes a run's ``results.json`` (``process`` key): lets a report tell a
+    job that is still running from one whose process died (killed, out of memory)."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def process_died(results: dict[str, Any]) -> bool:
+    """True for a run that says ``running`` but whose process, on this machine, is gone.
+
+    A SIGKILL (OOM killer, node pre-emption without notice) leaves ``running`` behind.
+    Runs written on another host (a cluster node) cannot be checked and count as alive.
+    """
+    process = results.get("process") or {}
+    if results.get("status") != "running" or process.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(process["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, TypeError, ValueError):
+        return False  # another user's live process, or no pid recorded
+    return False
 
 
 def read_results(path: str | Path) -> dict[str, Any]:

@@ -5,8 +5,9 @@
 - AUROC per category per model as a line plot (skip-SA paper, Fig. 8).
 - Confusion matrices, one per model x test class (MIFE paper, Fig. 2).
 
-Runs that failed, or job directories without a ``results.json``, appear as ``failed`` /
-``missing`` cells, never silently dropped. Repeated runs of one cell (seeds) are shown as
+Runs that failed, job directories without a ``results.json`` and jobs whose process died
+(``results.json`` still says running) appear as ``failed`` / ``missing`` cells, never
+silently dropped. Repeated runs of one cell (seeds) are shown as
 mean ± std.
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from anomaly_gan.evaluation.plots import plot_auroc_lines, plot_confusion_grid
-from anomaly_gan.evaluation.results import RESULTS_FILE
+from anomaly_gan.evaluation.results import RESULTS_FILE, process_died
 
 COMPLETED = "completed"
 
@@ -42,12 +43,15 @@ class RunRecord:
 
 
 def _record_from_results(path: Path) -> RunRecord:
+    """A job as its ``results.json`` says, except that a ``running`` job whose process died
+    (SIGKILL, OOM) is ``missing``: it will never finish, re-launching the sweep runs it."""
     results = json.loads(path.read_text())
     config = results.get("config", {})
+    status = "missing" if process_died(results) else str(results.get("status", "missing"))
     return RunRecord(
         directory=path.parent,
         model=str(config.get("model_name") or config.get("model")),
-        status=str(results.get("status", "missing")),
+        status=status,
         test_sets=results.get("categories") or {},
         expected_test_sets=[
             str(c) for c in config.get("test_categories") or [config.get("category")]
