@@ -184,9 +184,16 @@ def _choose_checkpoint(trainer: L.Trainer, selection: str) -> tuple[str | None, 
         else ""
     )
     path = (callback.best_model_path if selection == "best" else last) or last or None
-    info.update(path=path, monitor=getattr(callback, "monitor", None))
+    monitor = getattr(callback, "monitor", None)
+    info.update(path=path, monitor=monitor)
     if selection == "best" and callback.best_model_score is not None:
         info["monitor_value"] = float(callback.best_model_score)
+    # What chose the tested weights, in words: never a test image (issue 14).
+    if selection == "best" and monitor and callback.best_model_path:
+        extreme = "lowest" if getattr(callback, "mode", "min") == "min" else "highest"
+        info["chosen_by"] = f"{extreme} {monitor} over the validations (validation normals only)"
+    else:
+        info["chosen_by"] = "the final weights (test_checkpoint=last or no better checkpoint)"
     return path, info
 
 

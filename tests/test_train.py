@@ -63,6 +63,9 @@ def test_train_writes_valid_results_json(tmp_path: Path, cache_dir: Path) -> Non
     # The tested checkpoint was chosen on validation and carries its threshold.
     checkpoint = Path(results["checkpoint"]["path"])
     assert results["checkpoint"]["monitor"] == "val/con" and checkpoint.is_file()
+    assert results["checkpoint"]["chosen_by"] == (
+        "lowest val/con over the validations (validation normals only)"
+    )
     state = torch.load(checkpoint, weights_only=True)
     assert float(state["state_dict"]["scorer.threshold"]) == results["threshold"]["value"]
     assert state["datamodule_hyper_parameters"]["image_size"] == 32
@@ -157,6 +160,7 @@ def test_last_checkpoint_selection(tmp_path: Path, cache_dir: Path) -> None:
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((_only_run_dir(tmp_path) / "results.json").read_text())
     assert results["checkpoint"]["selection"] == "last"
+    assert results["checkpoint"]["chosen_by"].startswith("the final weights")
     assert results["checkpoint"]["path"].endswith("last.ckpt")
 
 
