@@ -3,6 +3,7 @@
     python bench/quality.py             # 4 real sets x 5 models x seeds 0, 1, defaults only
     python bench/quality.py --datasets elpv --models ganomaly --seeds 0 -- model.lr=1e-4
     python bench/quality.py --reuse     # resume: completed runs are read, the others (re)run
+    python bench/quality.py --report-only   # tabulate what --work-dir holds, train nothing
 
 Every run is the plain ``python train.py model=<m> data=mvtec data.root=<root>
 data.category=<set>`` a new user types, at the defaults in conf/ (budget included; ``--budget``
@@ -133,7 +134,7 @@ def run_job(args: argparse.Namespace, dataset: str, model: str, size: int, seed:
     def read() -> dict[str, Any]:
         return json.loads(results_file.read_text()) if results_file.is_file() else {}
 
-    if not (args.reuse and read().get("status") == "completed"):
+    if not args.report_only and not (args.reuse and read().get("status") == "completed"):
         if not args.reuse:  # a fresh run: no resuming from, or skipping to, an older one
             shutil.rmtree(run_dir, ignore_errors=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -378,6 +379,12 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="read runs whose results.json says completed, resume the others from their "
         "last.ckpt; without it every run starts afresh (its old run folder is removed)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: tabulate the runs already in --work-dir (unfinished ones show as "
+        "not run), e.g. while or after a long bench in the background",
     )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides after --")
     args = parser.parse_args()
