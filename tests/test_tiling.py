@@ -194,6 +194,7 @@ def test_tiled_run_end_to_end_maps_predict_and_reference(tmp_path: Path) -> None
         tile_scale=1.5,
         channels=3,
         resize="tile",
+        normalization=loaded.preprocessing.normalization,  # data=mvtec's, read from the file
         cache=False,
     )
     dm.setup()
