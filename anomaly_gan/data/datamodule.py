@@ -46,9 +46,9 @@ from anomaly_gan.data.dataset import (
     read_image,
 )
 from anomaly_gan.data.download import ARCHIVES, check_sha256, download_dataset, is_empty_root
-from anomaly_gan.data.geometry import Geometry, check_resize, image_sizes, tile_frame
+from anomaly_gan.data.geometry import Geometry, check_resize, tile_frame
 from anomaly_gan.data.transforms import build_augmentations, check_normalization
-from anomaly_gan.data.verify import mixed_formats, verify_samples
+from anomaly_gan.data.verify import FileInfo, mixed_formats, verify_samples
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +363,8 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         train_normals, test_samples = self.scan()
         train_normals = list(train_normals)
         test_samples = {name: list(samples) for name, samples in test_samples.items()}
-        train_normals, test_samples = self._drop_corrupt(train_normals, test_samples)
+        train_normals, test_samples, formats = self._drop_corrupt(train_normals, test_samples)
+        train_formats = {s.image_path: formats[s.image_path] for s in train_normals}
         if not train_normals:
             raise DatasetError(
                 f"{type(self).__name__} found no usable training images. Check data.root "
@@ -386,7 +387,8 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
                 self.channels,
             )
         if self.resize == "tile" and self.frame is None:
-            sizes = image_sizes([sample.image_path for sample in train_normals])
+            # Every training image's size, as the setup check read it from its header.
+            sizes = [(info.height, info.width) for info in train_formats.values()]
             self.frame = tile_frame(sizes, self.image_size, self.tile_scale)
             self.hparams["frame"] = list(self.frame)
             log.info(
@@ -430,14 +432,15 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
 
     def _drop_corrupt(
         self, train: list[Sample], tests: dict[str, list[Sample]]
-    ) -> tuple[list[Sample], dict[str, list[Sample]]]:
+    ) -> tuple[list[Sample], dict[str, list[Sample]], dict[Path, FileInfo]]:
         """Check every image and mask (``anomaly_gan.data.verify``) before any is trained on.
 
         A bad file stops the run here, naming every bad file, instead of at whichever step
         first draws it (or never, when ``drop_last`` drops its batch). With
         ``data.skip_corrupt=true`` its sample is dropped with a warning instead, and
         ``self.skipped`` lists it (``results.json``: ``skipped_files``). Images that mix
-        pixel formats are converted and named in a warning.
+        pixel formats are converted and named in a warning. Returns the kept samples and
+        what every usable image holds (size, channels, bit depth).
         """
         unique = list(dict.fromkeys([*train, *(s for samples in tests.values() for s in samples)]))
         checked = verify_samples(unique)
@@ -470,7 +473,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             if mixed:
                 warnings.warn(mixed, DataWarning, stacklevel=3)
                 log.warning(mixed)
-        return keep, kept_tests
+        return keep, kept_tests, checked.images
 
     def _test_part(self, name: str, samples: list[Sample]) -> list[Sample]:
         """The ``selection`` or ``report`` part of a test set (``data.selection_fraction``).

@@ -27,18 +27,14 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 RESIZE_MODES = ("squash", "pad", "crop", "tile")
 # INTER_AREA: no aliasing when shrinking; masks use nearest neighbour so they stay binary.
 IMAGE_INTERPOLATION = cv2.INTER_AREA
 MASK_INTERPOLATION = cv2.INTER_NEAREST
-#: Images whose size is read to choose the tile frame (header only, cheap).
-FRAME_PROBES = 64
 
 
 def check_resize(resize: object, tile_scale: object) -> None:
@@ -129,22 +125,6 @@ def _scaled(length: int, scale: float, limit: int) -> int:
 def _keep_channel_axis(resized: np.ndarray) -> np.ndarray:
     # cv2 drops a trailing axis of size 1
     return resized[:, :, None] if resized.ndim == 2 else resized
-
-
-def image_sizes(paths: Sequence[Path], probes: int = FRAME_PROBES) -> list[tuple[int, int]]:
-    """(height, width) of up to ``probes`` images, spread evenly over ``paths`` (headers only)."""
-    if not paths:
-        return []
-    step = max(1, len(paths) // probes)
-    sizes = []
-    for path in list(paths)[::step][:probes]:
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except (OSError, ValueError):  # unreadable: reported by the decoder, not here
-            continue
-        sizes.append((height, width))
-    return sizes
 
 
 def tile_frame(
