@@ -3,6 +3,11 @@
 - ``${ag.join:${grid.categories},${grid.max_items}}`` turns a list into the comma-separated
   form a Hydra sweeper param needs, optionally keeping only the first ``max_items`` (how
   ``debug=smoke`` shrinks any experiment's grid).
+- ``${ag.grid_models:${grid.models},${settings}}`` names the model configs of a paper grid
+  (``conf/experiment``): ``settings=paper`` runs each architecture's published form
+  (``<name>_paper``, and the architectures that only exist in their paper's form, AnoGAN),
+  ``settings=ours`` the project's defaults (``<name>``), so one report can set the two side
+  by side.
 - ``${ag.ddp_start_method:}`` is ``popen`` when SLURM started one task per device (no
   re-launch: Lightning's script re-launch would re-run a Hydra sweep) and ``spawn``
   otherwise, which starts the ranks from inside the running job instead of re-running
@@ -31,6 +36,32 @@ def _join(items: Any, max_items: int | None = None) -> str:
     return ",".join(values)
 
 
+#: The grid settings ``${ag.grid_models:...}`` knows.
+GRID_SETTINGS = ("paper", "ours")
+
+#: Architectures that exist only in their paper's form: ``model=anogan`` is AnoGAN as
+#: Schlegl et al. (2017) describe it, the papers' comparison column, with no project variant.
+PAPER_ONLY_MODELS = ("anogan",)
+
+
+def grid_models(models: Any, settings: str) -> str:
+    """The comma-separated ``model=`` choices of a grid under ``settings`` (paper | ours)."""
+    if settings not in GRID_SETTINGS:
+        raise ValueError(
+            f"settings={settings!r} is not a grid setting: use settings=paper (the papers' "
+            f"losses, weights, skips, attention levels, widths and scores, model=<name>_paper) "
+            f"or settings=ours (the project's defaults, model=<name>)."
+        )
+    chosen: list[str] = []
+    for name in map(str, models):
+        if name in PAPER_ONLY_MODELS:
+            if settings == "paper":
+                chosen.append(name)
+        else:
+            chosen.append(f"{name}_paper" if settings == "paper" else name)
+    return ",".join(chosen)
+
+
 def _ddp_start_method() -> str:
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
@@ -55,6 +86,7 @@ def default_base_width(image_size: int) -> int:
 def register_resolvers() -> None:
     for name, function in (
         ("ag.join", _join),
+        ("ag.grid_models", grid_models),
         ("ag.ddp_start_method", _ddp_start_method),
         ("ag.width_for_size", width_for_size),
     ):

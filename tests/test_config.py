@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import hydra
 import pytest
@@ -241,3 +242,35 @@ def test_training_length_is_the_iterations_budget_unless_epochs_are_given(tmp_pa
     assert length == {}
     with pytest.raises(ValueError, match=r"No training length.*iterations=<generator updates>"):
         _training_length(_compose(tmp_path, ["iterations=null"]))
+
+
+def _grid(experiment: str, overrides: tuple[str, ...] | list[str] = ()) -> tuple[Any, str, str]:
+    """A grid's composed config, its sweeper's ``model`` choices and its sweep folder."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(
+            "train", overrides=[f"experiment={experiment}", *overrides], return_hydra_config=True
+        )
+    return cfg, str(cfg.hydra.sweeper.params.model), str(cfg.hydra.sweep.dir)
+
+
+def test_paper_grids_run_the_papers_settings_and_ours_one_switch_away() -> None:
+    """``experiment=mvtec_table1`` trains what the Skip-SA paper describes (Sun et al. 2025,
+    Sec. 4.2: BCE, w_adv 0.5 / w_con 0.3 / w_enc 0.2, attention and skips on every level,
+    10,000 iterations) with AnoGAN as the fourth column; ``settings=ours`` swaps in the
+    project's defaults and writes to its own folder so both can be reported together."""
+    cfg, models, sweep_dir = _grid("mvtec_table1")
+    assert models == "anogan,ganomaly_paper,skip_ganomaly_paper,skip_sa_paper"
+    assert sweep_dir.endswith("multirun/mvtec_table1/paper")
+    loss = cfg.loss
+    assert (loss.w_adv, loss.w_con, loss.w_enc, loss.adversarial) == (0.5, 0.3, 0.2, "bce")
+    assert cfg.model.attention_levels is None and cfg.model.skip_levels is None
+    assert cfg.model.base_width == 64
+    assert cfg.iterations == 10000 and cfg.trainer.get("max_epochs") is None
+    cfg, models, sweep_dir = _grid("mvtec_table1", ["settings=ours"])
+    assert models == "ganomaly,skip_ganomaly,skip_sa"
+    assert sweep_dir.endswith("multirun/mvtec_table1/ours")
+    assert _grid("kolektor_table2")[1] == "anogan,ganomaly_paper,skip_ganomaly_paper,skip_sa_paper"
+    assert _grid("visa_cross_class")[1] == "baseline_paper,mife_paper"
+    assert _grid("visa_cross_class", ["settings=ours"])[1] == "baseline,mife"
+    with pytest.raises(Exception, match=r"settings='both'.*settings=paper.*settings=ours"):
+        _grid("visa_cross_class", ["settings=both"])
