@@ -1,7 +1,9 @@
-"""Tables and figures across runs: ``python report.py multirun/<sweep> [more dirs] [--out DIR]``.
+"""Tables and figures across runs: ``python report.py multirun/<sweep> [more dirs] [--out DIR]
+[--published NAME]``.
 
 Collects every run's ``results.json`` and writes the papers' tables (Markdown + CSV) and
-figures (PNG); see :mod:`anomaly_gan.evaluation.tables`.
+figures (PNG); ``--published`` adds one of the papers' published tables with our reproduced
+cells beside it; see :mod:`anomaly_gan.evaluation.tables`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from anomaly_gan.evaluation.published import published_names
 from anomaly_gan.evaluation.tables import build_report
 
 
@@ -31,11 +34,18 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="where to write tables and figures (default: <first dir>/report)",
     )
+    parser.add_argument(
+        "--published",
+        choices=published_names(),
+        default=None,
+        help="also set this published table beside the reproduced runs "
+        "(reproduced, published and the difference per cell, and its figure)",
+    )
     args = parser.parse_args(argv)
     out_dir = args.out or args.directories[0] / "report"
     try:
-        summary = build_report(args.directories, out_dir)
-    except FileNotFoundError as error:
+        summary = build_report(args.directories, out_dir, published=args.published)
+    except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{summary['runs']} runs: {summary['statuses']}\n")
@@ -45,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         + summary["precision_recall_f1_table"]
         + "\n"
     )
+    if summary["published_table"]:
+        print("Reproduced beside the published table\n" + summary["published_table"] + "\n")
     print(f"tables and figures: {summary['out_dir']}")
     return 0
 

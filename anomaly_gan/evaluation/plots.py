@@ -132,15 +132,50 @@ def plot_auroc_lines(
     table: Mapping[str, Mapping[str, float | None]], categories: Sequence[str], path: Path
 ) -> Path:
     """AUROC per category, one line per model (the skip-SA paper's Fig. 8)."""
-    figure, axis = plt.subplots(figsize=(max(5, 0.6 * len(categories) + 2), 4))
-    positions = np.arange(len(categories))
-    for model, by_category in table.items():
-        values = [by_category.get(c) for c in categories]
-        axis.plot(positions, [np.nan if v is None else v for v in values], marker="o", label=model)
-    axis.set_xticks(positions, categories, rotation=45, ha="right")
-    axis.set(ylabel="image AUROC", ylim=(0, 1.02), title="AUROC per category")
+    lines = [
+        Line(model, [by_category.get(c) for c in categories], group=model)
+        for model, by_category in table.items()
+    ]
+    return plot_lines(lines, categories, path, ylabel="image AUROC", title="AUROC per category")
+
+
+@dataclass
+class Line:
+    """One series of :func:`plot_lines`; a ``group`` shares one colour (a model's published
+    and reproduced lines), ``published`` lines are dashed with open markers."""
+
+    label: str
+    values: Sequence[float | None]
+    group: str
+    published: bool = False
+    marker: str = "o"
+
+
+def plot_lines(
+    lines: Sequence[Line], x_labels: Sequence[str], path: Path, ylabel: str, title: str
+) -> Path:
+    """Values per x label, one line each; a None is a gap (a cell with no run)."""
+    figure, axis = plt.subplots(figsize=(max(5, 0.6 * len(x_labels) + 3), 4.2))
+    positions = np.arange(len(x_labels))
+    colours: dict[str, str] = {}
+    for line in lines:
+        colour = colours.setdefault(line.group, f"C{len(colours) % 10}")
+        axis.plot(
+            positions,
+            [np.nan if v is None else v for v in line.values],
+            color=colour,
+            linestyle="--" if line.published else "-",
+            marker=line.marker,
+            markerfacecolor="none" if line.published else colour,
+            label=line.label,
+        )
+    rotated = len(x_labels) > 4
+    axis.set_xticks(
+        positions, x_labels, rotation=45 if rotated else 0, ha="right" if rotated else "center"
+    )
+    axis.set(ylabel=ylabel, ylim=(0, 1.02), title=title)
     axis.grid(alpha=0.3)
-    axis.legend()
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(figure, path)
 
 
