@@ -12,6 +12,9 @@ outside Python: read the image, convert to RGB (``channels`` 3) or luminance (1)
 S×S with area interpolation, ``pixel / 255 * 2 - 1``, CHW; anomalous when
 ``score >= threshold``.
 
+Architectures that score by an optimisation loop are refused with the reason
+(``GanAnomalyModule.export_refusal``; AnoGAN's latent search).
+
 The fused self-attention (``F.scaled_dot_product_attention`` in
 :class:`~anomaly_gan.nets.blocks.SelfAttention2d`, used by Skip-SA and MIFE) exports as is
 with torch's current (``dynamo``) exporter; no fallback is needed.
@@ -138,6 +141,12 @@ def export_onnx(loaded: LoadedModel, output: str | Path, opset: int = 20) -> Pat
     """Write ``ScoringModule(model)`` as ONNX with a dynamic batch axis and the metadata."""
     import onnx
 
+    refusal = loaded.model.export_refusal
+    if refusal:  # e.g. AnoGAN: its score is an optimisation loop, not a graph
+        raise ExportError(
+            f"{loaded.class_path} from {loaded.checkpoint_path} cannot be exported to ONNX: "
+            f"{refusal}"
+        )
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     module = ScoringModule(loaded.model.cpu()).eval()

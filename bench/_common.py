@@ -52,12 +52,20 @@ def ensure_repo_on_path() -> None:
 
 
 # --------------------------------------------------------------------------------- models
-def model_names() -> list[str]:
-    """Config names of every architecture (``model=<name>``), from the registry."""
+def model_names(*, with_search: bool = False) -> list[str]:
+    """Config names of the architectures (``model=<name>``), from the registry.
+
+    By default the reconstruction models, which score an image in one forward pass: the
+    benchmarks' default lists. ``with_search`` adds those that score by an optimisation
+    loop (AnoGAN's latent search: hundreds of generator passes per image, minutes per cell
+    on CPU; its own figure is ``bench/anogan_speed.py``), for ``--models`` to accept.
+    """
     ensure_repo_on_path()
     from anomaly_gan.models.registry import ARCHITECTURES
 
-    return list(ARCHITECTURES)
+    return [
+        name for name, cls in ARCHITECTURES.items() if with_search or cls.export_refusal is None
+    ]
 
 
 def model_config(config: str, size: int, channels: int = 3) -> Any:
@@ -85,7 +93,11 @@ def build_model(
     if paper:
         import hydra
 
-        config = model_config(f"{name}_paper", size, channels)
+        from anomaly_gan.resolvers import PAPER_ONLY_MODELS
+
+        # AnoGAN exists only in its paper's form: model=anogan is the paper's setting.
+        config_name = name if name in PAPER_ONLY_MODELS else f"{name}_paper"
+        config = model_config(config_name, size, channels)
         return hydra.utils.instantiate(config, _convert_="all", **options)
     ensure_repo_on_path()
     from anomaly_gan.models.registry import architecture

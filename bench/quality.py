@@ -331,7 +331,11 @@ def parse_args() -> argparse.Namespace:
         + " ".join(f"{name}:{channels}" for name, channels in DATASETS.items())
         + "); a name not listed there needs :CHANNELS",
     )
-    parser.add_argument("--models", nargs="+", default=model_names(), choices=model_names())
+    # Default: the five reconstruction models; anogan (the papers' comparison column, a
+    # 500-step latent search per scored image) only when named.
+    parser.add_argument(
+        "--models", nargs="+", default=model_names(), choices=model_names(with_search=True)
+    )
     parser.add_argument("--sizes", nargs="+", type=int, default=[64])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument(

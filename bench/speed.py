@@ -173,9 +173,14 @@ def result_name(args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    names = common.model_names()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=names, choices=names)
+    # anogan only when named: its inference is a latent search (bench/anogan_speed.py).
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=common.model_names(),
+        choices=common.model_names(with_search=True),
+    )
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128, 256])
     parser.add_argument(
         "--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"]

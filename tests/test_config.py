@@ -14,7 +14,7 @@ import anomaly_gan.resolvers  # noqa: F401  (registers the ${ag.*} resolvers, as
 from anomaly_gan.losses import GeneratorLoss
 from anomaly_gan.models.registry import ARCHITECTURES
 from anomaly_gan.nets.dcgan import count_parameters
-from anomaly_gan.resolvers import default_base_width
+from anomaly_gan.resolvers import PAPER_ONLY_MODELS, default_base_width
 from anomaly_gan.scoring import DEFAULT_SCORER, FIELDS
 from anomaly_gan.training import _training_length
 from tests.conftest import CONFIG_DIR, compose_model
@@ -31,6 +31,7 @@ MODEL_LOSS = {
     "mife_paper": "bce_l2",
     "baseline": "feature_matching_l1",
     "baseline_paper": "bce_l2",
+    "anogan": "dcgan",
 }
 
 
@@ -139,13 +140,18 @@ def _plain(value):
 def test_model_class_defaults_are_the_config(name: str, image_size: int) -> None:
     """``Cls(image_size=s, channels=c)`` is the model ``python train.py model=<name>`` trains
     at that size: every hyperparameter (loss, scorer, width, skip and attention levels, ...)
-    and every layer. The three sizes give the three widths of the size rule (64, 32, 16)."""
+    and every layer. The three sizes give the three widths of the size rule (64, 32, 16);
+    AnoGAN, only in its paper's form, keeps the DCGAN width 64 and its own score."""
     cfg = compose_model(name, image_size)
     from_config = hydra.utils.instantiate(cfg, _convert_="all")
     from_class = ARCHITECTURES[name](image_size=image_size, channels=cfg.channels)
     assert _plain(dict(from_class.hparams)) == _plain(dict(from_config.hparams))
-    assert from_class.hparams["base_width"] == default_base_width(image_size)
-    assert from_class.hparams["scorer"] == dict(DEFAULT_SCORER)
+    if name in PAPER_ONLY_MODELS:
+        assert from_class.hparams["base_width"] == 64
+        assert from_class.hparams["scorer"] == dict(ARCHITECTURES[name].default_scorer)
+    else:
+        assert from_class.hparams["base_width"] == default_base_width(image_size)
+        assert from_class.hparams["scorer"] == dict(DEFAULT_SCORER)
     for network in ("generator", "discriminator"):
         assert count_parameters(getattr(from_class, network)) == count_parameters(
             getattr(from_config, network)
@@ -153,9 +159,10 @@ def test_model_class_defaults_are_the_config(name: str, image_size: int) -> None
 
 
 @pytest.mark.parametrize("image_size", [32, 64, 96, 128, 256, 512])
-@pytest.mark.parametrize("name", list(ARCHITECTURES))
+@pytest.mark.parametrize("name", [n for n in ARCHITECTURES if n not in PAPER_ONLY_MODELS])
 def test_config_width_is_the_classes_default_width(name: str, image_size: int) -> None:
-    """Each ``model=<name>``'s ``${ag.width_for_size:32,...}`` = ``default_base_width``."""
+    """Each ``model=<name>``'s ``${ag.width_for_size:32,...}`` = ``default_base_width``.
+    (Not AnoGAN: only in its paper's form, width 64 at every size, like ``<name>_paper``.)"""
     assert compose_model(name, image_size).base_width == default_base_width(image_size)
 
 

@@ -103,6 +103,9 @@ class GanAnomalyModule(L.LightningModule):
 
     default_loss = GeneratorLoss()
     default_scorer: Mapping[str, Any] = DEFAULT_SCORER
+    #: Why ``python export.py`` refuses this architecture (an actionable message), or None:
+    #: its scoring is one feed-forward graph and exports to ONNX.
+    export_refusal: str | None = None
 
     def __init__(
         self,
@@ -209,6 +212,12 @@ class GanAnomalyModule(L.LightningModule):
             _, fake_features = self.discriminator(output.reconstruction)
         return real_features.flatten(1), fake_features.flatten(1)
 
+    def latent_distance(self, latent_in: Tensor, latent_out: Tensor) -> Tensor:
+        """The score's latent term per image, (B,), from the latent pair: the scorer's
+        (GANomaly's mean squared distance) unless an architecture measures its pair otherwise
+        (AnoGAN: the L1 feature distance of its latent search)."""
+        return self.scorer.latent_distance(latent_in, latent_out)
+
     def score(self, image: Tensor) -> tuple[Tensor, GeneratorOutput]:
         """Per-image anomaly scores (B,) and the generator output they came from."""
         scores, output, _ = self.score_with_map(image)
@@ -249,7 +258,7 @@ class GanAnomalyModule(L.LightningModule):
         """Scores (B,), generator output and the anomaly map (B, 1, H, W), map computed once."""
         output, latent_in, latent_out = self.reconstruct(image)
         anomaly_map = self.anomaly_map(image, output.reconstruction)
-        latent_distance = self.scorer.latent_distance(latent_in, latent_out)
+        latent_distance = self.latent_distance(latent_in, latent_out)
         scores = self.scorer.score(latent_distance, anomaly_map)
         return scores, output, anomaly_map
 
@@ -366,7 +375,7 @@ class GanAnomalyModule(L.LightningModule):
         image = batch["image"]
         output, latent_in, latent_out = self.reconstruct(image)
         self._val_maps.append(self.scorer.error_map(image, output.reconstruction).detach())
-        self._val_latent.append(self.scorer.latent_distance(latent_in, latent_out).detach())
+        self._val_latent.append(self.latent_distance(latent_in, latent_out).detach())
         batch_size = image.shape[0]
         self.log(
             "val/con",
@@ -384,7 +393,7 @@ class GanAnomalyModule(L.LightningModule):
             self._defect_maps.append(
                 self.scorer.error_map(defective, output.reconstruction).detach()
             )
-            self._defect_latent.append(self.scorer.latent_distance(latent_in, latent_out).detach())
+            self._defect_latent.append(self.latent_distance(latent_in, latent_out).detach())
 
     def on_validation_epoch_end(self) -> None:
         """Calibrate the scorer on the validation normals (:meth:`AnomalyScore.calibrate`).

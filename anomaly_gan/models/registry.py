@@ -8,6 +8,7 @@ in :mod:`anomaly_gan.models`, one entry here and one ``conf/model/<name>.yaml`` 
 
 from __future__ import annotations
 
+from anomaly_gan.models.anogan import Anogan
 from anomaly_gan.models.core import GanAnomalyModule
 from anomaly_gan.models.ganomaly import Ganomaly
 from anomaly_gan.models.mife import Mife, MifeBaseline
@@ -15,13 +16,16 @@ from anomaly_gan.models.skip_ganomaly import SkipGanomaly
 from anomaly_gan.models.skip_sa import SkipSelfAttentionGan
 
 # In the papers' order: GANomaly, its U-Net successor, the attention U-Net, MIFE and MIFE's
-# ablation baseline (MIFE without attention and skips).
+# ablation baseline (MIFE without attention and skips); last AnoGAN, the Skip-SA paper's
+# comparison column (a DCGAN whose test images are mapped to the latent space by an
+# optimisation loop, so far slower to score: bench/quality.py leaves it out by default).
 ARCHITECTURES: dict[str, type[GanAnomalyModule]] = {
     "ganomaly": Ganomaly,
     "skip_ganomaly": SkipGanomaly,
     "skip_sa": SkipSelfAttentionGan,
     "mife": Mife,
     "baseline": MifeBaseline,
+    "anogan": Anogan,
 }
 
 
