@@ -23,8 +23,11 @@ are ``f(x)`` and ``f(G(z*))``.
 
 Choices where the text leaves room (docs/what-works.md, "AnoGAN"):
 
-- Search optimiser: Adam on ``z`` (``search_lr``), each step followed by clamping ``z``
-  into ``[-1, 1]``, the support of the training prior (``G`` never saw codes outside it).
+- Search optimiser: Adam on ``z`` (``search_lr`` 0.05), each step followed by clamping
+  ``z`` into ``[-1, 1]``, the support of the training prior (``G`` never saw codes outside
+  it). On a DCGAN trained on the synthetic textile, the mean loss of normal images after
+  100 / 300 / 500 steps was 537 / 512 / 508 at lr 0.01, 512 / 507 / 506 at 0.05 and
+  509 / 507 / 506 at 0.1: 0.05 has converged by the 500 steps and nearly by 100.
 - Initial ``z``: one fixed draw from ``U(-1, 1)`` (seeded by ``search_seed``), the same for
   every image, so a score never depends on the image's batch or its position in it. The
   per-image losses are summed (each ``z_i`` gets its own image's gradient only), Adam is
@@ -32,10 +35,16 @@ Choices where the text leaves room (docs/what-works.md, "AnoGAN"):
 - Width 64 (``ngf = ndf = 64``, the DCGAN reference code's), as every ``model=<name>_paper``:
   AnoGAN exists here only in its paper's form.
 - Generator loss: the non-saturating DCGAN loss, BCE(D(G(z)), real) (conf/loss/dcgan.yaml).
-- Validation (scorer calibration, checkpoint choice) maps the validation normals with the
-  same ``search_steps`` as the test, so the threshold and map statistics are on the test
-  scores' scale; it skips the synthetic-defect copies (``validation_defects=False``),
-  which would double its cost.
+- Validation during training searches ``validation_search_steps`` (100) steps, a fifth of the
+  test's: its ``val/con`` (residual after the search) chooses the checkpoint and it
+  calibrates the scorer provisionally. Before the test, :meth:`Anogan.on_test_start`
+  recalibrates the scorer on the validation normals with the full ``search_steps``, so the
+  threshold in results.json is on the test scores' scale (scores fall as the search goes
+  on). A checkpoint file keeps the provisional calibration (``calibrated_steps`` says with
+  how many steps): ``predict.py`` flags fewer images with it than the test would;
+  ``model.validation_search_steps=500`` calibrates every checkpoint with the full search.
+  The synthetic-defect copies of validation are off (``validation_defects=False``): they
+  would double its searches.
 """
 
 from __future__ import annotations
