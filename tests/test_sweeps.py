@@ -3,6 +3,7 @@ submitit and DDP launchers, and the papers' grids shrunk with debug=smoke."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -147,39 +148,49 @@ def _tiny_mvtec(root: Path, categories: list[str]) -> Path:
     return root
 
 
-@pytest.mark.parametrize("experiment", ["mvtec_table1"])
-def test_paper_grid_runs_as_smoke_and_rebuilds_its_table(tmp_path: Path, experiment: str) -> None:
+def test_paper_grid_runs_as_smoke_and_reports_beside_the_published_table(tmp_path: Path) -> None:
+    """``experiment=mvtec_table1 debug=smoke``: the paper-settings grid (AnoGAN and the three
+    ``<name>_paper`` models, one category here to keep the suite short) trains end to end,
+    and ``report.py --published skip_sa_table1`` sets each cell beside the paper's figure."""
     root = _tiny_mvtec(tmp_path / "mvtec", ["bottle", "cable"])
     completed = run_train(
         "-m",
-        f"experiment={experiment}",
+        "experiment=mvtec_table1",
         "debug=smoke",
+        "grid.max_items=1",
         f"data.root={root}",
         f"paths.root_dir={tmp_path}",
         "logger=none",
         "callbacks.progress_bar.refresh_rate=0",
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    sweep = tmp_path / "multirun" / experiment
-    jobs = sorted(sweep.glob("*/results.json"))
-    assert len(jobs) == 6  # 3 models x the first 2 categories
-    pairs = {
-        (r["config"]["model_name"], r["config"]["category"])
-        for r in map(lambda p: json.loads(p.read_text()), jobs)
+    sweep = tmp_path / "multirun" / "mvtec_table1"
+    jobs = sorted((sweep / "paper").glob("*/results.json"))
+    results = [json.loads(path.read_text()) for path in jobs]
+    assert {(r["config"]["model_name"], r["config"]["category"]) for r in results} == {
+        (m, "bottle") for m in ("anogan", "ganomaly_paper", "skip_ganomaly_paper", "skip_sa_paper")
     }
-    assert pairs == {
-        (m, c) for m in ("ganomaly", "skip_ganomaly", "skip_sa") for c in ("bottle", "cable")
-    }
+    assert all(r["status"] == "completed" for r in results)
     report = subprocess.run(
-        [sys.executable, "report.py", str(sweep)],
+        [sys.executable, "report.py", str(sweep), "--published", "skip_sa_table1"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert report.returncode == 0, report.stderr
-    header = (sweep / "report" / "auroc_table.csv").read_text().splitlines()[0]
-    assert header == "category,ganomaly,skip_ganomaly,skip_sa"
+    rows = {
+        (row[0], row[1]): row[2:]
+        for row in csv.reader((sweep / "report" / "published_skip_sa_table1.csv").open())
+    }
+    header = rows[("test set", "model")]
+    assert header == ["paper settings", "published", "Δ paper settings"]
+    published = {"AnoGAN": 0.802, "GANomaly": 0.791, "Skip-GANomaly": 0.940, "Skip-SA": 0.954}
+    for model, value in published.items():
+        reproduced, paper_value, difference = rows[("bottle", model)]
+        assert float(paper_value) == value
+        assert float(difference) == pytest.approx(float(reproduced) - value, abs=1.5e-3)
+    assert rows[("cable", "Skip-SA")] == ["not run", "0.754", "-"]
 
 
 def test_sweep_that_loses_a_job_to_a_crash_reports_it_missing_and_relaunch_finishes_it(
