@@ -18,6 +18,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import report
+from anomaly_gan.data.mvtec import MVTEC_CATEGORIES
 from anomaly_gan.evaluation import tables
 from anomaly_gan.evaluation.published import (
     architecture_and_settings,
@@ -27,23 +28,7 @@ from anomaly_gan.evaluation.published import (
 from anomaly_gan.evaluation.results import write_results
 from tests.conftest import REPO_ROOT
 
-MVTEC_ORDER = [
-    "bottle",
-    "cable",
-    "capsule",
-    "carpet",
-    "grid",
-    "hazelnut",
-    "leather",
-    "metal_nut",
-    "pill",
-    "screw",
-    "tile",
-    "toothbrush",
-    "transistor",
-    "wood",
-    "zipper",
-]
+MVTEC_ORDER = list(MVTEC_CATEGORIES)  # the paper's Table 1 order
 
 
 def _job(

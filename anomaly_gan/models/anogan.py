@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anomaly_gan.losses import GeneratorLoss, discriminator_loss
+from anomaly_gan.losses import GeneratorLoss
 from anomaly_gan.models.core import GanAnomalyModule, GeneratorOutput
 from anomaly_gan.nets.dcgan import DcganDecoder, DcganDiscriminator, dcgan_plan
 
@@ -383,16 +383,7 @@ class Anogan(GanAnomalyModule):
         # Drawn from the global generator: seed_everything makes a run repeatable.
         fake = self.generator(self.sample_latent(batch_size, image))
 
-        self.toggle_optimizer(d_opt)
-        real_logits, _ = self.discriminator(image)
-        fake_logits, _ = self.discriminator(fake.detach())
-        d_loss = discriminator_loss(real_logits, fake_logits)
-        self._ensure_finite({"d": d_loss}, batch_idx)
-        d_opt.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
-        self._clip(d_opt)
-        d_opt.step()
-        self.untoggle_optimizer(d_opt)
+        d_loss = self._discriminator_step(image, fake, d_opt, batch_idx)
 
         self.toggle_optimizer(g_opt)
         fake_logits, fake_features = self.discriminator(fake)

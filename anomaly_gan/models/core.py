@@ -285,17 +285,7 @@ class GanAnomalyModule(L.LightningModule):
         output = self.generate(source)
         fake = output.reconstruction
 
-        # Discriminator step: real vs (detached) reconstruction.
-        self.toggle_optimizer(d_opt)
-        real_logits, _ = self.discriminator(image)
-        fake_logits, _ = self.discriminator(fake.detach())
-        d_loss = discriminator_loss(real_logits, fake_logits)
-        self._ensure_finite({"d": d_loss}, batch_idx)
-        d_opt.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
-        self._clip(d_opt)
-        d_opt.step()
-        self.untoggle_optimizer(d_opt)
+        d_loss = self._discriminator_step(image, fake, d_opt, batch_idx)
 
         # Generator step: a fresh pass through the updated (and now frozen) discriminator.
         self.toggle_optimizer(g_opt)
@@ -321,6 +311,23 @@ class GanAnomalyModule(L.LightningModule):
             {f"train/{name}": value for name, value in terms.items()}, batch_size=batch_size
         )
         self._maybe_reset_discriminator(d_loss, d_opt)
+
+    def _discriminator_step(
+        self, image: Tensor, fake: Tensor, d_opt: Any, batch_idx: int
+    ) -> Tensor:
+        """One discriminator update, real vs (detached) fake, inside ``toggle_optimizer``;
+        returns its loss. Every architecture's step starts with it."""
+        self.toggle_optimizer(d_opt)
+        real_logits, _ = self.discriminator(image)
+        fake_logits, _ = self.discriminator(fake.detach())
+        d_loss = discriminator_loss(real_logits, fake_logits)
+        self._ensure_finite({"d": d_loss}, batch_idx)
+        d_opt.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        self._clip(d_opt)
+        d_opt.step()
+        self.untoggle_optimizer(d_opt)
+        return d_loss
 
     def _clip(self, optimizer: Any) -> None:
         if self.hparams.gradient_clip_val:
