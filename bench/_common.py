@@ -265,6 +265,85 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+# ------------------------------------------------------------------ FLOPs, device peaks
+#: bf16 dense (no sparsity) tensor-core peaks in TFLOP/s, from each vendor datasheet (NVIDIA
+#: H100, H200, A100, L40S, L40, L4 and A10 datasheets; GeForce cards from the Ada and Ampere
+#: GA102 architecture whitepapers, "BF16 with FP32 accumulate", the mode torch uses).
+#: Datasheets print the 2:4-sparsity figure first; the dense one is half of it. Matched in
+#: order, first hit wins, on ``torch.cuda.get_device_name()`` in lower case.
+BF16_DENSE_PEAK_TFLOPS: list[tuple[str, str, float]] = [
+    ("H200 NVL", r"h200 nvl", 835.5),
+    ("H200", r"h200", 989.5),
+    ("H100 NVL", r"h100 nvl", 835.5),
+    ("H100 PCIe", r"h100 pcie", 756.5),
+    ("H100 SXM", r"h100", 989.5),  # "NVIDIA H100 80GB HBM3"
+    ("A100", r"a100", 312.0),
+    ("L40S", r"l40s", 362.05),
+    ("L40", r"l40\b", 181.05),
+    ("L4", r"\bl4\b", 121.0),
+    ("A10", r"\ba10\b", 125.0),
+    ("RTX 4090", r"rtx 4090", 165.2),
+    ("RTX 3090", r"rtx 3090\b", 71.0),
+]
+PEAK_SOURCE = "vendor datasheet, bf16 dense (half the sparsity figure)"
+
+
+def bf16_dense_peak(device_name: str) -> tuple[str, float] | None:
+    """(table name, bf16 dense TFLOP/s) of a CUDA device name; None if it is not in the table."""
+    name = device_name.lower()
+    for label, pattern, tflops in BF16_DENSE_PEAK_TFLOPS:
+        if re.search(pattern, name):
+            return label, tflops
+    return None
+
+
+def _sdpa_cpu_flops(query: Any, key: Any, value: Any, *_: Any, **__: Any) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+def _sdpa_cpu_backward_flops(
+    grad_out: Any, query: Any, key: Any, value: Any, *_: Any, **__: Any
+) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def flop_counter() -> Any:
+    """A ``torch.utils.flop_counter.FlopCounterMode`` that also counts CPU fused attention.
+
+    It counts the matrix products (matmul, convolution, attention), forward and backward,
+    of what runs inside it: the usual "model FLOPs", with elementwise work (activations,
+    normalisation, the optimizer) left out. torch's table knows the CUDA attention kernels
+    but not the CPU flash kernel, so that one is added with the same formula.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    return FlopCounterMode(
+        display=False,
+        custom_mapping={
+            aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward_flops,
+        },
+    )
+
+
+def flops_line(flops_per_s: float, peak: tuple[str, float] | None, device: str) -> str:
+    """ "123 TFLOP/s of 989.5 (H200 bf16 dense peak): 12.4%"; on CPU GFLOP/s, no peak."""
+    if not is_cuda(device):
+        return f"{flops_per_s / 1e9:.3g} GFLOP/s (CPU: no peak table)"
+    achieved = f"{flops_per_s / 1e12:.3g} TFLOP/s"
+    if peak is None:
+        return f"{achieved}, peak unknown (device not in bench/_common.py's table)"
+    label, tflops = peak
+    share = 100 * flops_per_s / 1e12 / tflops
+    return f"{achieved} of {tflops:g} ({label} bf16 dense peak): {share:.1f}%"
+
+
 # ------------------------------------------------------------------------ options, cells
 def add_timing_arguments(
     parser: argparse.ArgumentParser, *, batch: int | None, warmup: int, steps: int
@@ -377,6 +456,10 @@ def machine(device: str = "cpu", threads: int | None = 0) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(0)
         info["gpu"] = props.name
         info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        peak = bf16_dense_peak(props.name)
+        info["bf16_dense_peak"] = (
+            None if peak is None else {"name": peak[0], "tflops": peak[1], "source": PEAK_SOURCE}
+        )
     return info
 
 

@@ -24,6 +24,14 @@ is recorded as skipped with the reason instead of stopping the run.
   timed work (model and data already built): activations, gradients, optimizer state and
   allocator slack. GPU: ``torch.cuda.max_memory_allocated``.
 - Parameters: generator and discriminator, at each size.
+- Arithmetic throughput (training cells): the FLOPs of one real ``training_step`` (the
+  generator pass, the discriminator update and the generator update, forward and backward,
+  inside ``Trainer.fit``), counted with ``torch.utils.flop_counter.FlopCounterMode`` on the
+  first warm-up step (or on one extra step after the timed ones when there is no warm-up),
+  divided by the median batch time. It counts matrix products (convolutions, matmuls,
+  attention), not elementwise work, so it is the usual "model FLOPs" rate. On CUDA it is
+  printed in TFLOP/s beside the device's bf16 dense peak (``_common.BF16_DENSE_PEAK_TFLOPS``,
+  vendor datasheets; "peak unknown" for other devices); on CPU in GFLOP/s without a peak.
 
 Default batch on CPU: 16 at 64 px, 8 at 128 px, 2 at 256 px, where a cell is one cold step
 (no warm-up: a Skip-SA step at 256 px is minutes on two cores); on GPU 32 everywhere; other
@@ -34,6 +42,7 @@ a table in ``BENCHMARKS.md`` (not with ``--no-record``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -75,7 +84,15 @@ def measure(args: argparse.Namespace, name: str, size: int, mode: str) -> dict[s
         def prepare(batch_: dict[str, Any]) -> None:
             batch_["image"] = batch_["image"].contiguous(memory_format=memory_format)
 
-        loader = common.image_loader(size, batch, warmup + steps)
+        # FLOPs of one whole training step, counted on a step that is not timed: the first
+        # warm-up step, or one extra step after the timed ones.
+        counted = 0 if warmup else steps
+        counter = common.flop_counter()
+
+        def around_step(index: int) -> Any:
+            return counter if index == counted else contextlib.nullcontext()
+
+        loader = common.image_loader(size, batch, warmup + steps + (0 if warmup else 1))
         before = common.memory_mark(device)
         fit = common.fit_timed(
             model,
@@ -84,9 +101,12 @@ def measure(args: argparse.Namespace, name: str, size: int, mode: str) -> dict[s
             device=device,
             precision=args.precision,
             prepare_batch=prepare,
+            around_step=around_step,
         )
-        timed = fit["batch_s"]
-        result["train_step_s"] = statistics.median(fit["step_s"])
+        timed = fit["batch_s"][:steps]
+        result["train_step_s"] = statistics.median(fit["step_s"][:steps])
+        result["train_flops"] = counter.get_total_flops()
+        result["flops_per_s"] = result["train_flops"] / statistics.median(timed)
     else:
         model = model.to(device).eval()
         image = common.random_images(batch, size, device=device)
@@ -126,6 +146,37 @@ def _params(rows: list[dict[str, Any]], name: str, size: int) -> str:
     return "-" if row is None else f"{row['g_params'] / 1e6:.2f} / {row['d_params'] / 1e6:.2f}"
 
 
+def device_peak(info: dict[str, Any]) -> tuple[str, float] | None:
+    peak = info.get("bf16_dense_peak")
+    return None if not peak else (peak["name"], peak["tflops"])
+
+
+def throughput_table(data: dict[str, Any]) -> str:
+    """FLOPs per training step and the achieved rate, beside the device's bf16 dense peak."""
+    device = data["options"]["device"]
+    peak = device_peak(data["machine"])
+    gpu = common.is_cuda(device)
+    unit, scale = ("TFLOP/s", 1e12) if gpu else ("GFLOP/s", 1e9)
+    header = ["model", "px", "batch", "GFLOP per training step", f"achieved {unit}"]
+    if gpu:
+        name = peak[0] if peak else data["machine"].get("gpu", "this GPU")
+        header += [f"bf16 dense peak ({name})", "of peak"]
+    lines = []
+    for row in data["rows"]:
+        if row["mode"] != "train" or "train_flops" not in row:
+            continue
+        cells = [row["model"], str(row["size"]), str(row["batch"])]
+        cells += [f"{row['train_flops'] / 1e9:,.1f}", f"{row['flops_per_s'] / scale:.3g}"]
+        if gpu:
+            cells += (
+                [f"{peak[1]:g} TFLOP/s", f"{100 * row['flops_per_s'] / 1e12 / peak[1]:.1f}%"]
+                if peak
+                else ["peak unknown", "-"]
+            )
+        lines.append(cells)
+    return common.table(header, lines)
+
+
 def markdown(data: dict[str, Any]) -> str:
     rows = data["rows"]
     sizes = sorted({r["size"] for r in rows})
@@ -158,11 +209,16 @@ def markdown(data: dict[str, Any]) -> str:
         "steps per cell, median step. Training through `lightning.Trainer.fit` (each batch runs "
         "the core's `training_step`: D update + G update); inference `model(image)` in eval "
         f"mode. MiB = {common.memory_label(options['device'])}. (bN) = batch size; * = one cold "
-        f"step (no warm-up) at {BIG_CPU_SIZE} px on CPU."
+        f"step (no warm-up) at {BIG_CPU_SIZE} px on CPU. FLOPs: one whole `training_step` "
+        "(generator pass, D update, G update; forward and backward) counted with "
+        "`torch.utils.flop_counter.FlopCounterMode` (matrix products only), divided by the "
+        "median batch time"
+        + (f"; peak: {common.PEAK_SOURCE}." if common.is_cuda(options["device"]) else ".")
     )
-    return common.section_body(
-        data["machine"], description, [common.table(header, lines), params], rows, "mode"
-    )
+    tables = [common.table(header, lines), params]
+    if any("train_flops" in row for row in rows):
+        tables.append(throughput_table(data))
+    return common.section_body(data["machine"], description, tables, rows, "mode")
 
 
 def result_name(args: argparse.Namespace) -> str:
@@ -209,6 +265,11 @@ def main() -> None:
                     common.run_cell(__file__, [name, str(size), mode], options, cell, args.timeout)
                 )
                 common.progress(rows[-1], started)
+                if "flops_per_s" in rows[-1]:
+                    rate = common.flops_line(
+                        rows[-1]["flops_per_s"], device_peak(info), args.device
+                    )
+                    print(f"  {name} @{size} px train: {rate}", flush=True)
     data = {
         "machine": info,
         "options": {name: getattr(args, name) for name in FORWARD if name != "threads"},

@@ -15,7 +15,9 @@ Shared by every dataset layout:
 - every image and mask checked at setup (``verify.py``): a bad file stops the run before
   training, or with ``data.skip_corrupt`` is dropped with a warning and a count;
 - ``data.download``: the official archive fetched into an empty ``data.root``;
-- persistent, per-worker-seeded DataLoader workers.
+- persistent (training and validation), per-worker-seeded DataLoader workers;
+- ``data.pin_memory``: null (auto) pins batches when the Trainer trains on a CUDA device,
+  so the host-to-device copy can overlap the step; on CPU pinning only costs a copy.
 """
 
 from __future__ import annotations
@@ -201,7 +203,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         num_workers: int = 0,
         val_fraction: float = 0.1,
         seed: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         test_limit: int | None = None,
         selection_fraction: float = 0.0,
         test_part: str = "report",
@@ -238,6 +240,11 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             )
         if not _is_int(seed):
             raise ValueError(f"data.seed must be an integer, got {seed!r}.")
+        if pin_memory is not None and not isinstance(pin_memory, bool):
+            raise ValueError(
+                f"data.pin_memory must be true, false or null (auto: pinned when the Trainer "
+                f"uses a CUDA device), got {pin_memory!r}."
+            )
         if test_limit is not None and (not _is_int(test_limit) or test_limit < 2):
             raise ValueError(
                 f"data.test_limit must be null (all images) or an integer >= 2, got "
@@ -288,7 +295,8 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         self.num_workers = int(num_workers)
         self.val_fraction = float(val_fraction)
         self.seed = int(seed)
-        self.pin_memory = bool(pin_memory)
+        #: None = auto, resolved per loader by :meth:`resolve_pin_memory`.
+        self.pin_memory: bool | None = pin_memory
         self.test_limit = None if test_limit is None else int(test_limit)
         self.selection_fraction = float(selection_fraction)
         self.test_part = test_part
@@ -541,6 +549,24 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         return list(self.test_samples)
 
     # ------------------------------------------------------------------ loaders
+    def resolve_pin_memory(self) -> bool:
+        """``data.pin_memory``, with null (auto) resolved to "the batches go to a CUDA device".
+
+        Pinned (page-locked) host memory lets the copy to the GPU run asynchronously
+        (Lightning moves batches with ``non_blocking=True``); without a CUDA device it is
+        only an extra copy. Auto follows the attached Trainer's accelerator, so
+        ``trainer=cpu`` on a GPU machine does not pin; without a Trainer (a datamodule
+        used on its own) it follows ``torch.cuda.is_available()``.
+        """
+        if self.pin_memory is not None:
+            return self.pin_memory
+        trainer = self.trainer
+        if trainer is not None:
+            from lightning.pytorch.accelerators import CUDAAccelerator
+
+            return isinstance(trainer.accelerator, CUDAAccelerator)
+        return torch.cuda.is_available()
+
     def _dataset(self, samples: list[Sample], training: bool = False) -> AnomalyImageDataset:
         """Validation and test images are whole (frames in tile mode); ``training`` adds the
         augmentations and, in tile mode, a random tile of each frame."""
@@ -569,7 +595,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             self._dataset(samples, training),
             batch_size=batch_size,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.resolve_pin_memory(),
             persistent_workers=persistent and self.num_workers > 0,
             worker_init_fn=seed_worker,
             **kwargs,

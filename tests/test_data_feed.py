@@ -1,0 +1,104 @@
+"""The data feed's loader options (issue 16): pinned memory follows the accelerator, workers
+persist across epochs for training and validation, and bad values are named. Also the
+bench's device-peak table. No training, no worker processes started: a few seconds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from lightning.pytorch.accelerators import CUDAAccelerator
+
+from anomaly_gan.data import MVTecDataModule
+from tests.conftest import CONFIG_DIR, REPO_ROOT
+from tests.test_data import make_tiny_mvtec
+
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+import _common as bench_common  # bench/ holds scripts, not a package
+
+
+def _dm(tmp_path: Path, **kwargs) -> MVTecDataModule:
+    root = make_tiny_mvtec(tmp_path / "data")
+    dm = MVTecDataModule(root=str(root), category="widget", image_size=8, batch_size=2, **kwargs)
+    dm.setup()
+    return dm
+
+
+def test_pin_memory_auto_is_off_for_a_cpu_trainer(tmp_path: Path) -> None:
+    dm = _dm(tmp_path)  # pin_memory=None: auto
+    dm.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    assert dm.resolve_pin_memory() is False
+    assert dm.train_dataloader().pin_memory is False
+    assert dm.val_dataloader().pin_memory is False
+
+
+def test_pin_memory_auto_is_on_for_a_cuda_trainer(tmp_path: Path) -> None:
+    # A stand-in trainer: only its accelerator is read, and no CUDA device is needed for that.
+    dm = _dm(tmp_path)
+    dm.trainer = SimpleNamespace(accelerator=CUDAAccelerator())
+    assert dm.resolve_pin_memory() is True
+
+
+def test_pin_memory_auto_without_a_trainer_follows_cuda_availability(tmp_path: Path) -> None:
+    assert _dm(tmp_path).resolve_pin_memory() is torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_pin_memory_explicit_value_wins(tmp_path: Path, value: bool) -> None:
+    dm = _dm(tmp_path, pin_memory=value)
+    dm.trainer = SimpleNamespace(accelerator=CUDAAccelerator())
+    assert dm.resolve_pin_memory() is value
+    dm.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    assert dm.train_dataloader().pin_memory is value
+
+
+@pytest.mark.parametrize("value", ["yes", 1, "auto"])
+def test_pin_memory_bad_value_is_named(tmp_path: Path, value: object) -> None:
+    with pytest.raises(ValueError, match=r"data\.pin_memory .*null \(auto"):
+        MVTecDataModule(root=str(tmp_path), category="widget", pin_memory=value)
+
+
+def test_workers_persist_for_training_and_validation_not_testing(tmp_path: Path) -> None:
+    # Building the loaders starts no worker; only iterating does.
+    dm = _dm(tmp_path, num_workers=2)
+    assert dm.train_dataloader().persistent_workers
+    assert dm.val_dataloader().persistent_workers
+    assert not any(loader.persistent_workers for loader in dm.test_dataloader())
+    assert not _dm(tmp_path / "w0", num_workers=0).train_dataloader().persistent_workers
+
+
+@pytest.mark.parametrize("data", ["mvtec", "visa", "kolektor", "folder", "synthetic"])
+def test_every_data_config_defaults_to_auto_pinning(data: str) -> None:
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("train", overrides=[f"data={data}"])
+    assert cfg.data.pin_memory is None
+
+
+@pytest.mark.parametrize(
+    ("name", "label", "tflops"),
+    [
+        ("NVIDIA H200", "H200", 989.5),
+        ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.5),
+        ("NVIDIA H100 PCIe", "H100 PCIe", 756.5),
+        ("NVIDIA A100-SXM4-80GB", "A100", 312.0),
+        ("NVIDIA L40S", "L40S", 362.05),
+        ("NVIDIA L4", "L4", 121.0),
+        ("NVIDIA GeForce RTX 4090", "RTX 4090", 165.2),
+    ],
+)
+def test_bench_peak_table_matches_device_names(name: str, label: str, tflops: float) -> None:
+    assert bench_common.bf16_dense_peak(name) == (label, tflops)
+
+
+def test_bench_unknown_device_says_peak_unknown() -> None:
+    assert bench_common.bf16_dense_peak("Some Future GPU 9000") is None
+    assert "peak unknown" in bench_common.flops_line(5e13, None, "cuda")
+    assert "of 989.5 (H200 bf16 dense peak): 10.1%" in bench_common.flops_line(
+        1e14, ("H200", 989.5), "cuda"
+    )
+    assert bench_common.flops_line(2e9, None, "cpu").startswith("2 GFLOP/s")
