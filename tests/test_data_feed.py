@@ -1,9 +1,10 @@
-"""The data feed's loader options (issue 16): pinned memory follows the accelerator, workers
-persist across epochs for training and validation, and bad values are named. Also the
-bench's device-peak table. No training, no worker processes started: a few seconds."""
+"""The data feed's loader options (issue 16): pinned memory and the worker count follow the
+accelerator, workers persist across epochs for training and validation, bad values are
+named. Also the bench's device-peak table. No training, no worker started: a few seconds."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.accelerators import CUDAAccelerator
 
 from anomaly_gan.data import MVTecDataModule
+from anomaly_gan.data.datamodule import CPU_AUTO_WORKERS, MAX_AUTO_WORKERS
 from tests.conftest import CONFIG_DIR, REPO_ROOT
 from tests.test_data import make_tiny_mvtec
 
@@ -72,11 +74,51 @@ def test_workers_persist_for_training_and_validation_not_testing(tmp_path: Path)
     assert not _dm(tmp_path / "w0", num_workers=0).train_dataloader().persistent_workers
 
 
-@pytest.mark.parametrize("data", ["mvtec", "visa", "kolektor", "folder", "synthetic"])
-def test_every_data_config_defaults_to_auto_pinning(data: str) -> None:
+def test_num_workers_auto_keeps_two_on_cpu(tmp_path: Path) -> None:
+    dm = _dm(tmp_path, num_workers="auto")
+    dm.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    assert dm.resolve_num_workers() == CPU_AUTO_WORKERS == 2
+    assert dm.train_dataloader().num_workers == 2
+    assert dm.train_dataloader().persistent_workers
+
+
+def test_num_workers_auto_on_cuda_uses_the_cores_per_device(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    dm = _dm(tmp_path, num_workers="auto")
+    dm.trainer = SimpleNamespace(accelerator=CUDAAccelerator(), num_devices=1)
+    assert dm.resolve_num_workers() == max(2, min(MAX_AUTO_WORKERS, cores - 1))
+    # Several devices on the node share the cores; never fewer than on CPU.
+    dm.trainer = SimpleNamespace(accelerator=CUDAAccelerator(), num_devices=10 * cores)
+    assert dm.resolve_num_workers() == CPU_AUTO_WORKERS
+
+
+def test_num_workers_explicit_value_wins_on_cuda(tmp_path: Path) -> None:
+    dm = _dm(tmp_path, num_workers=0)
+    dm.trainer = SimpleNamespace(accelerator=CUDAAccelerator(), num_devices=1)
+    assert dm.resolve_num_workers() == 0
+
+
+@pytest.mark.parametrize("value", ["many", -1, True, 1.5])
+def test_num_workers_bad_value_is_named(tmp_path: Path, value: object) -> None:
+    with pytest.raises(ValueError, match=r"data\.num_workers .*'auto'"):
+        MVTecDataModule(root=str(tmp_path), category="widget", num_workers=value)
+
+
+@pytest.mark.parametrize(
+    ("data", "workers"),
+    [
+        ("mvtec", "auto"),
+        ("visa", "auto"),
+        ("kolektor", "auto"),
+        ("folder", "auto"),
+        ("synthetic", 0),
+    ],
+)
+def test_data_configs_default_to_auto_pinning_and_workers(data: str, workers: object) -> None:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=[f"data={data}"])
     assert cfg.data.pin_memory is None
+    assert cfg.data.num_workers == workers
 
 
 @pytest.mark.parametrize(

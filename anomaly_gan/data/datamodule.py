@@ -17,13 +17,17 @@ Shared by every dataset layout:
 - ``data.download``: the official archive fetched into an empty ``data.root``;
 - persistent (training and validation), per-worker-seeded DataLoader workers;
 - ``data.pin_memory``: null (auto) pins batches when the Trainer trains on a CUDA device,
-  so the host-to-device copy can overlap the step; on CPU pinning only costs a copy.
+  so the host-to-device copy can overlap the step; on CPU pinning only costs a copy;
+- ``data.num_workers=auto``: 2 worker processes on CPU (as before), more on a CUDA device,
+  where normalising 256 px images in 2 workers cannot keep up with the GPU (BENCHMARKS.md,
+  "Data feed").
 """
 
 from __future__ import annotations
 
 import abc
 import logging
+import os
 import random
 import warnings
 import zlib
@@ -57,6 +61,15 @@ log = logging.getLogger(__name__)
 
 #: ``data.channels=auto``: 1 or 3, read from the training images at ``setup``.
 AUTO_CHANNELS = "auto"
+#: ``data.num_workers=auto``: :data:`CPU_AUTO_WORKERS` on CPU, up to
+#: :data:`MAX_AUTO_WORKERS` per CUDA device (:meth:`AnomalyDataModule.resolve_num_workers`).
+AUTO_WORKERS = "auto"
+#: auto on CPU: the project's fixed default before ``auto`` existed, so CPU runs (and the
+#: per-worker augmentation streams they draw) stay as they were.
+CPU_AUTO_WORKERS = 2
+#: auto on CUDA: a warm 256 px RGB image costs ~5-7 ms of one CPU core (normalise + collate),
+#: so ~8 workers feed ~1,200 images/s; more only add memory and start-up time.
+MAX_AUTO_WORKERS = 8
 
 
 class DataWarning(UserWarning):
@@ -200,7 +213,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         augmentations: Sequence[Any] | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         val_fraction: float = 0.1,
         seed: int = 0,
         pin_memory: bool | None = None,
@@ -227,8 +240,11 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         _check_positive_int("data.batch_size", batch_size)
         if eval_batch_size is not None:
             _check_positive_int("data.eval_batch_size", eval_batch_size)
-        if not _is_int(num_workers) or num_workers < 0:
-            raise ValueError(f"data.num_workers must be an integer >= 0, got {num_workers!r}.")
+        if num_workers != AUTO_WORKERS and (not _is_int(num_workers) or num_workers < 0):
+            raise ValueError(
+                f"data.num_workers must be an integer >= 0 or 'auto' ({CPU_AUTO_WORKERS} on "
+                f"CPU, more on a CUDA device), got {num_workers!r}."
+            )
         if (
             isinstance(val_fraction, bool)
             or not isinstance(val_fraction, int | float)
@@ -292,7 +308,10 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         self.frame: tuple[int, int] | None = None
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers = int(num_workers)
+        #: 'auto' is resolved per loader by :meth:`resolve_num_workers`.
+        self.num_workers: int | str = (
+            AUTO_WORKERS if num_workers == AUTO_WORKERS else int(num_workers)
+        )
         self.val_fraction = float(val_fraction)
         self.seed = int(seed)
         #: None = auto, resolved per loader by :meth:`resolve_pin_memory`.
@@ -555,11 +574,34 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         Pinned (page-locked) host memory lets the copy to the GPU run asynchronously
         (Lightning moves batches with ``non_blocking=True``); without a CUDA device it is
         only an extra copy. Auto follows the attached Trainer's accelerator, so
-        ``trainer=cpu`` on a GPU machine does not pin; without a Trainer (a datamodule
-        used on its own) it follows ``torch.cuda.is_available()``.
+        ``trainer=cpu`` on a GPU machine does not pin.
         """
         if self.pin_memory is not None:
             return self.pin_memory
+        return self._feeds_cuda()
+
+    def resolve_num_workers(self) -> int:
+        """``data.num_workers``, with ``auto`` resolved for the device the batches go to.
+
+        CPU: :data:`CPU_AUTO_WORKERS`, unchanged from the fixed default, so CPU results and
+        tests do not move. CUDA: the CPU cores this process may use, shared among the
+        Trainer's devices on this node, minus one for the training process, between
+        :data:`CPU_AUTO_WORKERS` and :data:`MAX_AUTO_WORKERS`. The per-worker seeds make a
+        run repeatable for a given worker count; with random augmentations or tiles, set a
+        number to repeat a run on a machine with another core count.
+        """
+        if self.num_workers != AUTO_WORKERS:
+            return int(self.num_workers)
+        if not self._feeds_cuda():
+            return CPU_AUTO_WORKERS
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        cores = cores or os.cpu_count() or 1
+        devices = max(1, int(getattr(self.trainer, "num_devices", 1) or 1))
+        return max(CPU_AUTO_WORKERS, min(MAX_AUTO_WORKERS, cores // devices - 1))
+
+    def _feeds_cuda(self) -> bool:
+        """Whether batches go to a CUDA device: the attached Trainer's accelerator, or
+        without a Trainer (the datamodule on its own) ``torch.cuda.is_available()``."""
         trainer = self.trainer
         if trainer is not None:
             from lightning.pytorch.accelerators import CUDAAccelerator
@@ -591,12 +633,13 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         training: bool = False,
         **kwargs: Any,
     ) -> DataLoader:
+        workers = self.resolve_num_workers()
         return DataLoader(
             self._dataset(samples, training),
             batch_size=batch_size,
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=self.resolve_pin_memory(),
-            persistent_workers=persistent and self.num_workers > 0,
+            persistent_workers=persistent and workers > 0,
             worker_init_fn=seed_worker,
             **kwargs,
         )
