@@ -435,6 +435,30 @@ def test_self_attention_runs_on_the_fused_cpu_kernel() -> None:
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("channels", [64, 128])
+def test_unpadded_attention_equals_the_padded(channels: int) -> None:
+    """The CUDA path (query/key at C/8, value at C: the memory-efficient kernel) computes what
+    the padded path (the CPU flash kernel's one head size) does; on CPU the unpadded call
+    runs on the math backend, forward and backward."""
+    torch.manual_seed(0)
+    module = SelfAttention2d(channels)
+    with torch.no_grad():
+        module.gamma.fill_(0.7)
+    x = torch.randn(2, channels, 8, 8, requires_grad=True)
+    results = {}
+    for pad in (True, False):
+        module.pad_query_key = pad
+        output = module(x)
+        (grad,) = torch.autograd.grad(output.square().sum(), x)
+        results[pad] = (output.detach(), grad)
+    torch.testing.assert_close(results[False][0], results[True][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[False][1], results[True][1], atol=1e-4, rtol=1e-4)
+    # The default chooses per device: padded on CPU (and in any export), unpadded only on CUDA.
+    module.pad_query_key = None
+    assert module.pads_query_key(x)
+    assert SelfAttention2d(32).pads_query_key(torch.zeros(1, 32, 4, 4))
+
+
 # ----------------------------------------------------------------- one training step
 class _StepRecorder(L.Callback):
     """Snapshots every parameter around each optimizer step (torch step hooks)."""

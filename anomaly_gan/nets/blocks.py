@@ -103,12 +103,24 @@ class SelfAttention2d(nn.Module):
     non-local evidence to mix in.
 
     Computed with ``F.scaled_dot_product_attention`` (``scale=1``), never as an explicit
-    N×N matrix. The fused kernels (CPU flash, CUDA flash and memory-efficient) need query,
-    key and value to share one head size, so query and key are zero-padded from C/8 to C:
-    the padded features add exactly 0 to every dot product, so the result is unchanged,
-    and memory stays O(N) instead of the N×N map (16.7M entries per image at 64×64, 268M at
-    128×128). The cost is C instead of C/8 multiply-adds per query·key product.
+    N×N matrix, so memory stays O(N) instead of the N×N map (16.7M entries per image at
+    64×64, 268M at 128×128). Which fused kernel can take the C/8-wide query and key
+    depends on the device:
+
+    - CPU (flash kernel), CUDA's flash kernel and ONNX export: query, key and value must
+      share one head size, so query and key are zero-padded from C/8 to C. The padded
+      features add exactly 0 to every dot product: the result is unchanged, at the cost of
+      C instead of C/8 multiply-adds per query·key product.
+    - CUDA, memory-efficient kernel: takes a value head size different from query/key's
+      when both are multiples of its GEMM alignment (8 covers bf16, fp16 and fp32 on every
+      architecture). There the padding is skipped (``pad_query_key`` None, the default):
+      the query·key products cost C/8, about 1.8× fewer multiply-adds for the whole
+      attention, and the numbers are the padded path's (tests/test_architectures.py).
+      ``pad_query_key=True`` forces the padding (e.g. to compare the two on a GPU).
     """
+
+    #: Head sizes the CUDA memory-efficient kernel accepts unpadded are multiples of this.
+    UNPADDED_ALIGNMENT = 8
 
     def __init__(self, channels: int, reduction: int = 8) -> None:
         super().__init__()
@@ -119,17 +131,33 @@ class SelfAttention2d(nn.Module):
         self.key = nn.Conv2d(channels, self.inner_channels, 1)
         self.value = nn.Conv2d(channels, channels, 1)
         self.gamma = nn.Parameter(torch.zeros(1))
+        #: None: pad except where the CUDA memory-efficient kernel takes C/8 (class docstring);
+        #: True / False force it.
+        self.pad_query_key: bool | None = None
+
+    def pads_query_key(self, x: Tensor) -> bool:
+        """Whether this input's query and key are zero-padded to C (class docstring)."""
+        if self.pad_query_key is not None:
+            return self.pad_query_key
+        exporting = torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+        aligned = (
+            self.inner_channels % self.UNPADDED_ALIGNMENT == 0
+            and x.shape[1] % self.UNPADDED_ALIGNMENT == 0
+        )
+        return not (x.is_cuda and aligned and not exporting)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, channels, height, width = x.shape
-        pad = channels - self.inner_channels
+        pad = channels - self.inner_channels if self.pads_query_key(x) else 0
 
         def tokens(projection: Tensor) -> Tensor:
             # (B, c, H, W) -> (B, 1, N, c): one head, contiguous rows for the fused kernels.
             return projection.flatten(2).transpose(1, 2).unsqueeze(1).contiguous()
 
-        query = F.pad(tokens(self.query(x)), (0, pad))  # (B, 1, N, C/8) -> (B, 1, N, C)
-        key = F.pad(tokens(self.key(x)), (0, pad))
+        query = tokens(self.query(x))  # (B, 1, N, C/8)
+        key = tokens(self.key(x))
+        if pad:  # (B, 1, N, C/8) -> (B, 1, N, C)
+            query, key = F.pad(query, (0, pad)), F.pad(key, (0, pad))
         value = tokens(self.value(x))  # (B, 1, N, C)
         attended = F.scaled_dot_product_attention(query, key, value, scale=1.0)
         # (B, 1, N, C) -> (B, C, H, W)
