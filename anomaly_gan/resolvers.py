@@ -20,6 +20,12 @@
   ~20; docs/what-works.md). Set ``model.base_width`` to a number to override. The model
   classes apply the same rule when built without a width (``base_width=None``):
   :func:`default_base_width` (tests/test_config.py holds the two equal).
+- ``${ag.accelerator_precision:}`` is ``trainer=gpu``'s and ``trainer=ddp``'s default
+  ``trainer.precision``: ``bf16-mixed`` where a CUDA device computes bfloat16 natively
+  (compute capability 8.0 and later: A100, H100, H200, RTX 30xx/40xx), ``32-true`` elsewhere
+  (CPU-only machines, older GPUs, where bfloat16 would only be emulated). It resolves where
+  the job runs, not where it was submitted: under SLURM on the compute node.
+  ``trainer.precision=32-true`` on the command line still wins.
 """
 
 from __future__ import annotations
@@ -68,6 +74,26 @@ def _ddp_start_method() -> str:
     return "popen" if SLURMEnvironment.detect() else "spawn"
 
 
+#: What ``${ag.accelerator_precision:}`` gives with and without native bfloat16.
+MIXED_PRECISION = "bf16-mixed"
+FULL_PRECISION = "32-true"
+
+
+def accelerator_precision() -> str:
+    """``bf16-mixed`` when the current CUDA device has native bfloat16, else ``32-true``.
+
+    Emulated bfloat16 (pre-Ampere GPUs) is slower than fp32, so it does not count. Reading the
+    device initialises CUDA in this process; the DDP ranks start by spawn or by SLURM, never
+    by fork, so that is safe.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return FULL_PRECISION
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    return MIXED_PRECISION if native else FULL_PRECISION
+
+
 #: ``base_width`` at 64 px of every ``model=<name>`` config (its
 #: ``${ag.width_for_size:32,${data.image_size}}``) and of the classes built without one.
 WIDTH_AT_64 = 32
@@ -89,6 +115,7 @@ def register_resolvers() -> None:
         ("ag.grid_models", grid_models),
         ("ag.ddp_start_method", _ddp_start_method),
         ("ag.width_for_size", width_for_size),
+        ("ag.accelerator_precision", accelerator_precision),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)

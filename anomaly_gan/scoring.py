@@ -27,12 +27,20 @@ travel in the model's checkpoint and in the exported ONNX graph) and its calibra
 validation normals. A new way of scoring is a function here, registered in
 :data:`POOLINGS` (how a map becomes one number) or :data:`NORMS` (how a pixel's difference
 becomes an error), plus a ``conf/model/scorer/<name>.yaml`` that selects it.
+
+Mixed precision (``trainer.precision=bf16-mixed``): the networks may hand over bfloat16
+reconstructions and codes (8 mantissa bits, about 3 significant digits), but every map,
+distance, statistic and threshold here is computed and stored in float32, with autocast off
+(:func:`full_precision`): a standardised top-k mean over thousands of pixels, or a quantile
+of scores that differ in the fourth digit, would otherwise be rounded to bfloat16 steps
+(autocast runs the Gaussian blur's convolution in bfloat16 even on float32 input).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -80,6 +88,20 @@ DEFAULT_SCORER: Mapping[str, Any] = MappingProxyType(
 
 
 # ------------------------------------------------------------------------ score functions
+@contextlib.contextmanager
+def full_precision(device_type: str) -> Iterator[None]:
+    """Autocast off on ``device_type`` inside, when it is on (bf16-mixed steps).
+
+    Entered only when autocast is active, so an fp32 graph (an ONNX export) holds no
+    autocast region. Inputs still need ``.float()``: switching autocast off does not cast.
+    """
+    if torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            yield
+    else:
+        yield
+
+
 def _l1(difference: Tensor) -> Tensor:
     return difference.abs()
 
@@ -118,8 +140,8 @@ POOLINGS: dict[str, Callable[[Tensor, float], Tensor]] = {
 
 
 def latent_distance(latent_in: Tensor, latent_out: Tensor) -> Tensor:
-    """GANomaly's latent term: mean((latent_in - latent_out)^2) per image, (B,)."""
-    return (latent_in - latent_out).flatten(1).square().mean(dim=1)
+    """GANomaly's latent term: mean((latent_in - latent_out)^2) per image, (B,), in float32."""
+    return (latent_in.float() - latent_out.float()).flatten(1).square().mean(dim=1)
 
 
 def threshold_from_normals(normal_scores: Tensor, quantile: float) -> float:
@@ -286,7 +308,12 @@ class AnomalyScore(nn.Module):
 
     # ------------------------------------------------------------------------ the map
     def error_map(self, image: Tensor, reconstruction: Tensor) -> Tensor:
-        """Per-pixel error before standardisation, (B, C, H, W) -> (B, 1, H, W)."""
+        """Per-pixel error before standardisation, (B, C, H, W) -> (B, 1, H, W), in float32
+        whatever the reconstruction's dtype (module docstring, mixed precision)."""
+        with full_precision(image.device.type):
+            return self._error_map(image.float(), reconstruction.float())
+
+    def _error_map(self, image: Tensor, reconstruction: Tensor) -> Tensor:
         norm = NORMS[self.reconstruction_norm]
         if self.smooth_difference and self.per_channel:
             return norm(self._blur(image - reconstruction)).mean(dim=1, keepdim=True)
@@ -324,7 +351,9 @@ class AnomalyScore(nn.Module):
 
     # ---------------------------------------------------------------------- the score
     def score(self, latent_distance: Tensor, anomaly_map: Tensor) -> Tensor:
-        """One score per image from its latent distance (B,) and anomaly map (B, 1, H, W)."""
+        """One score per image from its latent distance (B,) and anomaly map (B, 1, H, W),
+        in float32 (a no-op on float32 inputs)."""
+        latent_distance, anomaly_map = latent_distance.float(), anomaly_map.float()
         score = latent_distance.new_zeros(latent_distance.shape[0])
         if self.latent_weight:
             score = score + self.latent_weight * latent_distance
@@ -361,8 +390,9 @@ class AnomalyScore(nn.Module):
         threshold is not set on images that standardised themselves (their scores would be
         optimistically low). Returns the scores the threshold was taken from.
         """
-        maps = error_maps.reshape(-1, *error_maps.shape[-3:])
-        latent = latent_distances.flatten()
+        # float32 statistics whatever the maps' dtype: the buffers keep theirs (float32).
+        maps = error_maps.reshape(-1, *error_maps.shape[-3:]).float()
+        latent = latent_distances.flatten().float()
         if self.normalize_map and maps.shape[0] >= 4:
             reference, held_out = maps[0::2], slice(1, None, 2)
             self._store("map_mean", reference.mean(dim=0, keepdim=True))

@@ -18,9 +18,11 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.fabric.plugins.environments import LightningEnvironment
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -295,6 +297,34 @@ def _training_length(cfg: DictConfig) -> tuple[dict[str, Any], list[Callback]]:
     return length, stopping
 
 
+#: The values ``matmul_precision`` takes (``torch.set_float32_matmul_precision``'s).
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def _matmul_precision(cfg: DictConfig) -> str:
+    """``matmul_precision``, checked before any image is read."""
+    value = cfg.get("matmul_precision", "high")
+    if value not in MATMUL_PRECISIONS:
+        raise ValueError(
+            f"matmul_precision={value!r}: expected one of {', '.join(MATMUL_PRECISIONS)} "
+            "(highest = true fp32, high = TF32 tensor cores, medium = bf16 inside fp32 "
+            "matrix products), e.g. matmul_precision=high."
+        )
+    return str(value)
+
+
+def _apply_matmul_precision(trainer: L.Trainer, value: str) -> None:
+    """TF32 (``high``) for the fp32 matrix products of a CUDA run, before fit.
+
+    Process-wide, so only when this trainer trains on CUDA: a CPU run keeps torch's default
+    (``highest``), and its numbers stay those of the CPU tests. cuDNN convolutions follow
+    ``torch.backends.cudnn.allow_tf32`` (torch's default: on) whatever this says.
+    """
+    if isinstance(trainer.accelerator, CUDAAccelerator):
+        torch.set_float32_matmul_precision(value)
+        log.info("fp32 matrix products on CUDA: matmul_precision=%s.", value)
+
+
 def _preemption(trainer: L.Trainer | None) -> PreemptionCheckpoint | None:
     """The trainer's pre-emption callback (``callbacks.preemption``), if it has one."""
     callbacks = trainer.callbacks if trainer is not None else []
@@ -363,6 +393,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Plain Python containers, so checkpoints hold no OmegaConf objects and reload with
         # torch.load(weights_only=True).
         length, stopping = _training_length(cfg)  # bad values stop before any image is read
+        matmul_precision = _matmul_precision(cfg)
         datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
         if cfg.data.get("channels") == AUTO_CHANNELS:
             # The model's input channels follow ${data.channels}: read them off the images.
@@ -377,6 +408,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             plugins=[AtomicCheckpointIO()],
             **length,
         )
+        _apply_matmul_precision(trainer, matmul_precision)
+        results["config"]["precision"] = str(trainer.precision)
         for logger in trainer.loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 

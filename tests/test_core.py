@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -167,6 +169,91 @@ def test_non_finite_loss_stops_with_named_term_and_keeps_last_good_checkpoint(
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert all(torch.isfinite(p).all() for p in model.parameters()), "bad update was applied"
+
+
+def test_deferred_checks_stop_before_the_next_checkpoint(tmp_path: Path) -> None:
+    """The accelerator path, forced on CPU: losses read every log_every_n_steps (here never
+    within the run) and before each validation and checkpoint. The error names the first
+    bad step, and no checkpoint holds weights from after it."""
+    dataset = RandomImages()
+    model = Ganomaly(image_size=32, channels=3)
+    model.sync_free_checks = True
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = _trainer(
+        tmp_path,
+        max_epochs=3,
+        log_every_n_steps=50,
+        callbacks=[checkpoint, PoisonAtEpoch(dataset, 1)],
+    )
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.fit(model, DataLoader(dataset, batch_size=8), DataLoader(RandomImages(8), 8))
+    message = str(error.value)
+    assert "train/d=nan at global step 4 (epoch 1, batch 0)" in message
+    assert "Found at global step 8" in message and "last.ckpt" in message
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 4  # saved after epoch 0, the last good weights
+    tensors = state["state_dict"].values()
+    assert all(torch.isfinite(v).all() for v in tensors if v.is_floating_point())
+
+
+@pytest.mark.parametrize(("every", "expected"), [(1, 3), (2, 2)])
+def test_deferred_discriminator_reinit(tmp_path: Path, every: int, expected: int) -> None:
+    """Deferred, D is re-initialised at most once per read: every step with
+    log_every_n_steps=1 (as on CPU); with 2, after batch 2 and at the end of training."""
+    model = Ganomaly(image_size=32, channels=3, d_reinit_floor=1e9)
+    model.sync_free_checks = True
+    trainer = _trainer(
+        tmp_path,
+        max_steps=6,
+        log_every_n_steps=every,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, DataLoader(RandomImages(n=24), batch_size=8))
+    assert model.d_reinit_count == expected
+    assert len(trainer.optimizers[0].state) == 0, "Adam moments of the old D were kept"
+
+
+def test_deferred_training_step_reads_nothing_from_the_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No host read (item, bool, float, tolist) from the core's code inside training_step
+    when the checks are deferred: a GPU step would wait for the device at each one."""
+    model = Ganomaly(image_size=32, channels=3)
+    model.sync_free_checks = True
+    ours = ("models/core.py", "models/step_checks.py", "losses.py", "scoring.py")
+    reads: list[str] = []
+    inside = [False]
+
+    def recording(name: str) -> Any:
+        original = getattr(torch.Tensor, name)
+
+        def read(self: torch.Tensor, *args: Any) -> Any:
+            caller = sys._getframe(1).f_code.co_filename
+            if inside[0] and caller.endswith(ours):
+                reads.append(f"{name} in {caller}:{sys._getframe(1).f_lineno}")
+            return original(self, *args)
+
+        return read
+
+    for name in ("item", "__bool__", "__float__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, recording(name))
+    step = model.training_step
+
+    def watched(*args: Any) -> None:
+        inside[0] = True
+        try:
+            step(*args)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(model, "training_step", watched)
+    trainer = _trainer(
+        tmp_path, max_steps=4, log_every_n_steps=50, enable_checkpointing=False, limit_val_batches=0
+    )
+    trainer.fit(model, DataLoader(RandomImages(), batch_size=8))
+    assert reads == []
+    assert trainer.global_step == 4
 
 
 def test_threshold_travels_in_checkpoint(tmp_path: Path) -> None:

@@ -110,9 +110,13 @@ def search_loss(
     fake_features: Tensor,
     feature_weight: float,
 ) -> Tensor:
-    """Schlegl Sec. 2.2 per image, (B,): ``(1 − λ) Σ|x − G(z)| + λ Σ|f(x) − f(G(z))|``."""
-    residual = (image - fake).abs().flatten(1).sum(dim=1)
-    discrimination = (real_features - fake_features).abs().flatten(1).sum(dim=1)
+    """Schlegl Sec. 2.2 per image, (B,): ``(1 − λ) Σ|x − G(z)| + λ Σ|f(x) − f(G(z))|``.
+
+    Summed in float32: under bf16-mixed the networks' outputs are bfloat16, and a sum over
+    thousands of elements in bfloat16 would round away the small steps the search makes.
+    """
+    residual = (image.float() - fake.float()).abs().flatten(1).sum(dim=1)
+    discrimination = (real_features.float() - fake_features.float()).abs().flatten(1).sum(dim=1)
     return (1.0 - feature_weight) * residual + feature_weight * discrimination
 
 
@@ -297,7 +301,8 @@ class Anogan(GanAnomalyModule):
         residual's per-element scale, so the scorer's ``0.1 · latent + 0.9 · mean residual``
         is ``A(x) / (C·H·W)``. For a tiled frame (codes of its tiles side by side) the mean
         over its tiles."""
-        return (latent_in - latent_out).abs().flatten(1).mean(dim=1) * self.features_per_element
+        difference = latent_in.float() - latent_out.float()  # float32 under bf16-mixed too
+        return difference.abs().flatten(1).mean(dim=1) * self.features_per_element
 
     # ---------------------------------------------------------------------- validation
     @property
@@ -351,11 +356,14 @@ class Anogan(GanAnomalyModule):
             return
         maps: list[Tensor] = []
         latent: list[Tensor] = []
-        for batch in loader:
-            image = batch["image"].to(self.device)
-            output, latent_in, latent_out = self.reconstruct(image)
-            maps.append(self.scorer.error_map(image, output.reconstruction))
-            latent.append(self.latent_distance(latent_in, latent_out))
+        # The test steps' precision (autocast under bf16-mixed): the threshold is set on
+        # scores computed as the test's are. Hooks run outside it unless asked.
+        with self.trainer.precision_plugin.test_step_context():
+            for batch in loader:
+                image = self.memory_format(batch["image"].to(self.device))
+                output, latent_in, latent_out = self.reconstruct(image)
+                maps.append(self.scorer.error_map(image, output.reconstruction))
+                latent.append(self.latent_distance(latent_in, latent_out))
         if not maps:
             return
         self.scorer.calibrate(torch.cat(maps), torch.cat(latent), self.hparams.threshold_quantile)
@@ -378,7 +386,7 @@ class Anogan(GanAnomalyModule):
         generator's input differs: random ``z`` instead of the image.
         """
         d_opt, g_opt = self.optimizers()
-        image = batch["image"]
+        image = self.memory_format(batch["image"])
         batch_size = image.shape[0]
         # Drawn from the global generator: seed_everything makes a run repeatable.
         fake = self.generator(self.sample_latent(batch_size, image))

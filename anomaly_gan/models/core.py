@@ -17,11 +17,21 @@ The manual step follows Lightning's GAN example and the GANomaly reference:
    Skip-GANomaly reference code's in-place error; docs/reference-code.md, section 5);
 4. the discriminator is re-initialised when its loss falls under ``d_reinit_floor``
    (GANomaly: a discriminator that wins outright gives the generator no signal).
+
+Steps 2–4 stop on a non-finite loss before the update it would spoil. On CPU both checks
+read the losses every step; on an accelerator they read them every ``log_every_n_steps``
+steps and before every validation and checkpoint (:mod:`anomaly_gan.models.step_checks`),
+so the step never waits for the device.
+
+Mixed precision (``trainer.precision=bf16-mixed``): the losses are autocast-safe (BCE on
+logits, L1/L2 in float32 under autocast) and the scorer computes its maps, statistics and
+threshold in float32 (:mod:`anomaly_gan.scoring`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +42,7 @@ from torch import Tensor, nn
 
 from anomaly_gan.corruption import SyntheticDefects
 from anomaly_gan.losses import GeneratorLoss, discriminator_loss, distance
+from anomaly_gan.models.step_checks import DeferredStepChecks, NonFinite, StepPlace
 from anomaly_gan.nets.init import dcgan_init
 from anomaly_gan.resolvers import default_base_width
 from anomaly_gan.scoring import DEFAULT_SCORER, AnomalyScore, separation_auroc
@@ -99,6 +110,16 @@ class GanAnomalyModule(L.LightningModule):
             weights and the calibrated scorer separate them from the clean validation
             normals. No test image is involved; ``callbacks.model_checkpoint.monitor=
             val/synthetic_auroc`` (mode max) chooses the checkpoint on it.
+        compile: ``torch.compile`` the generator and the discriminator (in place, so
+            checkpoints keep their keys) when training starts. The first steps then compile
+            (tens of seconds to minutes, again for eval mode and for each step's frozen
+            network); worth it for long GPU runs, rarely on CPU. Measure on the GPU at hand
+            (``bench/speed.py``) before relying on it.
+        channels_last: keep weights and input batches in channels-last memory format, which
+            GPU tensor-core convolutions prefer (cuDNN NHWC kernels), in bf16 above all. Off
+            by default everywhere: whether it pays depends on the GPU and on the
+            architecture (Skip-SA's depthwise convolutions, its attention reshapes); measure
+            with ``bench/speed.py --device cuda --channels-last`` first.
     """
 
     default_loss = GeneratorLoss()
@@ -120,6 +141,8 @@ class GanAnomalyModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         corruption: SyntheticDefects | dict[str, Any] | None = None,
         validation_defects: bool = True,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
@@ -148,6 +171,34 @@ class GanAnomalyModule(L.LightningModule):
         self._defect_maps: list[Tensor] = []
         self._defect_latent: list[Tensor] = []
         self.validation_defects = SyntheticDefects(probability=1.0) if validation_defects else None
+        #: None: read the step's losses every step on CPU and defer the reads on an
+        #: accelerator (module docstring); True / False force one way (tests use True on CPU).
+        self.sync_free_checks: bool | None = None
+        self._deferred_checks = DeferredStepChecks()
+
+    @property
+    def defers_step_checks(self) -> bool:
+        """Whether the step's checks are read later (:attr:`sync_free_checks`)."""
+        if self.sync_free_checks is not None:
+            return self.sync_free_checks
+        return self.device.type != "cpu"
+
+    def setup(self, stage: str) -> None:
+        """Apply ``channels_last`` and ``compile`` once the trainer has the model."""
+        if self.hparams.channels_last:
+            self.to(memory_format=torch.channels_last)
+        if stage == "fit" and self.hparams.compile:
+            for network in (self.generator, self.discriminator):
+                if getattr(network, "_compiled_call_impl", None) is None:
+                    network.compile()
+
+    def memory_format(self, image: Tensor) -> Tensor:
+        """``image`` in the memory format the networks expect (``channels_last``); every step
+        calls it on its batch (a LightningModule ``on_after_batch_transfer`` would make
+        Lightning warn beside a data module)."""
+        if self.hparams.channels_last and image.dim() == 4:
+            return image.contiguous(memory_format=torch.channels_last)
+        return image
 
     def resolve_base_width(self, base_width: int | None) -> int:
         """``base_width``, or the project's width for this image size when ``None``
@@ -177,7 +228,15 @@ class GanAnomalyModule(L.LightningModule):
             state.setdefault(f"scorer.{name}", getattr(self.scorer, name).detach().clone())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Name the architecture class, so inference rebuilds the model from the file alone."""
+        """Name the architecture class, so inference rebuilds the model from the file alone.
+
+        With deferred step checks, first read them: a non-finite loss raises here, before
+        the file is written (no checkpoint ever holds weights from after a bad update).
+        """
+        if self.defers_step_checks:
+            found = self._deferred_checks.first_non_finite()
+            if found is not None:
+                raise self._non_finite_error(found, deferred=True)
         checkpoint["anomaly_gan"] = {
             "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
         }
@@ -272,14 +331,21 @@ class GanAnomalyModule(L.LightningModule):
 
     # ------------------------------------------------------------------------- training
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Adam for D and G; the fused CUDA kernel (one launch per step instead of several
+        per parameter) when the parameters are on CUDA, the default loop elsewhere."""
         betas = tuple(self.hparams.betas)
-        d_opt = torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas)
-        g_opt = torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas)
-        return [d_opt, g_opt]
+        optimizers = []
+        for network in (self.discriminator, self.generator):
+            parameters = list(network.parameters())
+            fused = bool(parameters) and all(parameter.is_cuda for parameter in parameters)
+            optimizers.append(
+                torch.optim.Adam(parameters, lr=self.hparams.lr, betas=betas, fused=fused or None)
+            )
+        return optimizers
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         d_opt, g_opt = self.optimizers()
-        image = batch["image"]
+        image = self.memory_format(batch["image"])
         # The generator may see a corrupted input; D and every loss term see the clean one.
         source = self.corruption(image) if self.corruption is not None else image
         output = self.generate(source)
@@ -338,40 +404,100 @@ class GanAnomalyModule(L.LightningModule):
             )
 
     def _maybe_reset_discriminator(self, d_loss: Tensor, d_opt: Any) -> None:
-        floor = self.hparams.d_reinit_floor
-        if floor and d_loss.item() < floor:
-            self.reset_discriminator()
-            # Adam's moments belong to the discarded weights.
-            d_opt.optimizer.state.clear()
-            self.d_reinit_count += 1
-            log.info(
-                "Discriminator loss %.3g fell below d_reinit_floor=%.3g at step %d: "
-                "discriminator re-initialised (%d so far).",
-                d_loss.item(),
-                floor,
-                self.global_step,
-                self.d_reinit_count,
-            )
+        """Re-initialise D below ``d_reinit_floor``: at once on CPU; on an accelerator with
+        the lowest D loss of the steps since the last read (at most one re-initialisation
+        per ``log_every_n_steps`` steps, up to that many steps late)."""
+        if self.defers_step_checks:
+            self._deferred_checks.add_discriminator_loss(d_loss)
+            if self._deferred_checks.steps >= max(1, int(self.trainer.log_every_n_steps)):
+                self._read_step_checks(d_opt)
+        elif self.hparams.d_reinit_floor:
+            self._reinit_discriminator_below_floor(d_loss.item(), d_opt)
         self.log("train/d_reinit", float(self.d_reinit_count), batch_size=1)
 
+    def _reinit_discriminator_below_floor(self, d_loss: float, d_opt: Any) -> None:
+        floor = self.hparams.d_reinit_floor
+        if not (floor and d_loss < floor):
+            return
+        self.reset_discriminator()
+        # Adam's moments belong to the discarded weights.
+        d_opt.optimizer.state.clear()
+        self.d_reinit_count += 1
+        log.info(
+            "Discriminator loss %.3g fell below d_reinit_floor=%.3g by step %d: "
+            "discriminator re-initialised (%d so far).",
+            d_loss,
+            floor,
+            self.global_step,
+            self.d_reinit_count,
+        )
+
+    def _read_step_checks(self, d_opt: Any | None = None) -> None:
+        """Read the deferred checks (one sync): raise on a non-finite loss; with ``d_opt``
+        also re-initialise D if its lowest loss fell under the floor."""
+        found = self._deferred_checks.first_non_finite()
+        if found is not None:
+            raise self._non_finite_error(found, deferred=True)
+        if d_opt is not None:
+            lowest = self._deferred_checks.lowest_discriminator_loss()
+            if lowest is not None:
+                self._reinit_discriminator_below_floor(lowest, d_opt)
+
     def _ensure_finite(self, terms: dict[str, Tensor], batch_idx: int) -> None:
+        place = StepPlace(self.global_step, self.current_epoch, batch_idx)
+        if self.defers_step_checks:
+            self._deferred_checks.add_terms(terms, place)
+            return
         values = torch.stack([value.detach().float() for value in terms.values()])
         if bool(torch.isfinite(values).all()):
             return
+        found = NonFinite(place, {name: value.item() for name, value in terms.items()})
+        raise self._non_finite_error(found, deferred=False)
+
+    def _non_finite_error(self, found: NonFinite, deferred: bool) -> NonFiniteLossError:
         bad = [
-            f"train/{name}={value.item()}"
-            for name, value in terms.items()
-            if not torch.isfinite(value).item()
+            f"train/{name}={value}"
+            for name, value in found.values.items()
+            if not math.isfinite(value)
         ]
         checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or (
             "none saved yet"
         )
-        raise NonFiniteLossError(
-            f"Non-finite loss {', '.join(bad)} at global step {self.global_step} "
-            f"(epoch {self.current_epoch}, batch {batch_idx}). Training stopped before this "
-            f"update, so the last checkpoint ({checkpoint}) holds the last good weights. "
+        place = found.place
+        where = f"at global step {place.global_step} (epoch {place.epoch}, batch {place.batch})"
+        if deferred:
+            stopped = (
+                f"Found at global step {self.global_step}: on {self.device.type} the losses "
+                "are read every trainer.log_every_n_steps steps and before each validation "
+                "and checkpoint, so the weights in memory took the updates since, but none was "
+                f"saved: the last checkpoint ({checkpoint}) holds the last good weights."
+            )
+        else:
+            stopped = (
+                "Training stopped before this update, so the last checkpoint "
+                f"({checkpoint}) holds the last good weights."
+            )
+        return NonFiniteLossError(
+            f"Non-finite loss {', '.join(bad)} {where}. {stopped} "
             "Lower model.lr, set model.gradient_clip_val, or check the input images."
         )
+
+    def _flush_step_checks(self) -> None:
+        """Read what the steps since the last read left (accelerators); before a validation,
+        a checkpoint, an epoch's end and the end of training."""
+        if not self.defers_step_checks or self._trainer is None:
+            return
+        d_opt = self.optimizers()[0] if len(self.trainer.optimizers) == 2 else None
+        self._read_step_checks(d_opt)
+
+    def on_train_epoch_end(self) -> None:
+        self._flush_step_checks()
+
+    def on_train_end(self) -> None:
+        self._flush_step_checks()
+
+    def on_validation_start(self) -> None:
+        self._flush_step_checks()
 
     # ----------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
@@ -379,7 +505,7 @@ class GanAnomalyModule(L.LightningModule):
         self._defect_maps, self._defect_latent = [], []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        image = batch["image"]
+        image = self.memory_format(batch["image"])
         output, latent_in, latent_out = self.reconstruct(image)
         self._val_maps.append(self.scorer.error_map(image, output.reconstruction).detach())
         self._val_latent.append(self.latent_distance(latent_in, latent_out).detach())
@@ -439,7 +565,7 @@ class GanAnomalyModule(L.LightningModule):
         ``masks`` (B, 1, H, W), ``defect_types`` and ``image_paths`` (lists of B), and for
         the sample grid ``images`` and ``reconstructions`` (B, C, H, W, model input scale).
         """
-        image = batch["image"]
+        image = self.memory_format(batch["image"])
         scores, output, maps = self.score_with_map(image)
         return {
             "scores": scores,
@@ -449,5 +575,6 @@ class GanAnomalyModule(L.LightningModule):
             "defect_types": list(batch["defect_type"]),
             "image_paths": [str(path) for path in batch["image_path"]],
             "images": image,
-            "reconstructions": output.reconstruction,
+            # float32 for the figures (numpy has no bfloat16) whatever the step's precision
+            "reconstructions": output.reconstruction.float(),
         }
