@@ -20,11 +20,12 @@
   ~20; docs/what-works.md). Set ``model.base_width`` to a number to override. The model
   classes apply the same rule when built without a width (``base_width=None``):
   :func:`default_base_width` (tests/test_config.py holds the two equal).
-- ``${ag.accelerator_precision:}`` is ``trainer=gpu``'s and ``trainer=ddp``'s default
-  ``trainer.precision``: ``bf16-mixed`` where a CUDA device computes bfloat16 natively
-  (compute capability 8.0 and later: A100, H100, H200, RTX 30xx/40xx), ``32-true`` elsewhere
-  (CPU-only machines, older GPUs, where bfloat16 would only be emulated). It resolves where
-  the job runs, not where it was submitted: under SLURM on the compute node.
+- ``${ag.accelerator_precision:${trainer.accelerator}}`` is ``trainer=gpu``'s and
+  ``trainer=ddp``'s default ``trainer.precision``: ``bf16-mixed`` where the trainer may use a
+  CUDA device that computes bfloat16 natively (compute capability 8.0 and later: A100, H100,
+  H200, RTX 30xx/40xx), ``32-true`` elsewhere (``trainer.accelerator=cpu``, CPU-only
+  machines, older GPUs, where bfloat16 would only be emulated). It resolves where the job
+  runs, not where it was submitted: under SLURM on the compute node.
   ``trainer.precision=32-true`` on the command line still wins.
 """
 
@@ -79,8 +80,9 @@ MIXED_PRECISION = "bf16-mixed"
 FULL_PRECISION = "32-true"
 
 
-def accelerator_precision() -> str:
-    """``bf16-mixed`` when the current CUDA device has native bfloat16, else ``32-true``.
+def accelerator_precision(accelerator: str = "auto") -> str:
+    """``bf16-mixed`` when ``accelerator`` (``trainer.accelerator``) may be a CUDA device with
+    native bfloat16, else ``32-true``.
 
     Emulated bfloat16 (pre-Ampere GPUs) is slower than fp32, so it does not count. Reading the
     device initialises CUDA in this process; the DDP ranks start by spawn or by SLURM, never
@@ -88,7 +90,7 @@ def accelerator_precision() -> str:
     """
     import torch
 
-    if not torch.cuda.is_available():
+    if str(accelerator) not in ("auto", "gpu", "cuda") or not torch.cuda.is_available():
         return FULL_PRECISION
     native = torch.cuda.is_bf16_supported(including_emulation=False)
     return MIXED_PRECISION if native else FULL_PRECISION

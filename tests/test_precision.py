@@ -91,9 +91,7 @@ def test_gpu_trainers_choose_bf16_where_the_device_has_it(
     ``trainer.precision=32-true`` wins; the CPU trainers stay 32-true."""
     for trainer in ("gpu", "ddp"):
         cfg = _compose([f"trainer={trainer}"])
-        assert cfg.trainer.precision == (
-            "32-true" if not torch.cuda.is_available() else resolvers.accelerator_precision()
-        )
+        assert cfg.trainer.precision == resolvers.accelerator_precision("gpu")
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: True)
         assert cfg.trainer.precision == "bf16-mixed"  # resolved anew at each access
@@ -102,6 +100,11 @@ def test_gpu_trainers_choose_bf16_where_the_device_has_it(
         monkeypatch.undo()
         forced = _compose([f"trainer={trainer}", "trainer.precision=32-true"])
         assert forced.trainer.precision == "32-true"
+        on_cpu = _compose([f"trainer={trainer}", "trainer.accelerator=cpu"])
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: True)
+        assert on_cpu.trainer.precision == "32-true"  # CPU ranks on a GPU machine: fp32
+        monkeypatch.undo()
     assert _compose(["trainer=cpu"]).trainer.precision == "32-true"
     assert _compose([]).trainer.precision == "32-true"
 
