@@ -33,8 +33,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
-BENCHMARKS_MD = REPO / "BENCHMARKS.md"
+# bench/gpu_check.sh points both elsewhere, so a run on a borrowed machine (or its CPU
+# smoke test) writes its JSON and sections into one folder that travels back whole.
+RESULTS = Path(os.environ.get("ANOMALY_GAN_BENCH_RESULTS", REPO / "bench" / "results"))
+BENCHMARKS_MD = Path(os.environ.get("ANOMALY_GAN_BENCHMARKS_MD", REPO / "BENCHMARKS.md"))
 MIB = 2**20
 
 _HEADER = """# Benchmarks
