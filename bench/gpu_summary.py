@@ -208,7 +208,8 @@ def anogan_line(device: str) -> str:
     if data is None:
         return f"AnoGAN scoring (500-step latent search): {NOT_MEASURED}."
     rates = ", ".join(f"{r['images_per_s']:.3g} img/s at batch {r['batch']}" for r in data["rows"])
-    return f"AnoGAN scoring (500-step latent search): {rates}."
+    steps = data["options"]["search_steps"]
+    return f"AnoGAN scoring ({steps}-step latent search, `anogan_speed` section): {rates}."
 
 
 def precision_line(device: str) -> str:
