@@ -78,7 +78,8 @@ def run_job(args: argparse.Namespace, dataset: str, seed: int, precision: str) -
         return json.loads(results_file.read_text()) if results_file.is_file() else {}
 
     started = time.monotonic()
-    if not (args.reuse and read().get("status") == "completed"):
+    reused = args.reuse and read().get("status") == "completed"
+    if not reused:
         shutil.rmtree(run_dir, ignore_errors=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else None
         command = train_command(args, dataset, seed, precision)
@@ -104,6 +105,8 @@ def run_job(args: argparse.Namespace, dataset: str, seed: int, precision: str) -
         seconds=round(time.monotonic() - started, 1),
         run_dir=str(run_dir),
     )
+    if reused:  # the wall time of the run that trained, from the last --out
+        row["seconds"] = args.previous.get((dataset, seed, precision), {}).get("seconds")
     return row
 
 
@@ -170,8 +173,9 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], info: dict[str,
         machine_line(info),
         "",
         "| set | seed | fp32 AUROC | bf16 AUROC | bf16 − fp32 | fp32 / bf16 AP "
-        "| fp32 / bf16 lift over reference (ref AUROC) | fit s fp32 / bf16 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| fp32 / bf16 pixel AUROC | fp32 / bf16 lift over reference (ref AUROC) "
+        "| fit s fp32 / bf16 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for dataset in args.sets:
         for seed in args.seeds:
@@ -186,6 +190,7 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], info: dict[str,
                 f"| {dataset} | {seed} | {_cell(a.get('auroc'))} | {_cell(b.get('auroc'))} "
                 f"| {_cell(difference, signed=True)} "
                 f"| {_cell(a.get('average_precision'))} / {_cell(b.get('average_precision'))} "
+                f"| {_cell(a.get('pixel_auroc'))} / {_cell(b.get('pixel_auroc'))} "
                 f"| {_cell(a.get('lift'), True)} / {_cell(b.get('lift'), True)} "
                 f"({_cell(a.get('reference_auroc'))}) "
                 f"| {a.get('fit_seconds', '-')} / {b.get('fit_seconds', '-')} |"
@@ -198,6 +203,11 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], info: dict[str,
             f"| {dataset} | {_cell(s['fp32_auroc'])} | {_cell(s['bf16_auroc'])} "
             f"| {_cell(s['mean_abs_difference'])} | {_cell(s['seed_noise'])} | {s['verdict']} |"
         )
+    lines += [
+        "",
+        "Fit seconds are wall time on the machine above, shared with other jobs while it ran: "
+        "they are not a speed comparison (bench/speed.py measures speed).",
+    ]
     failed = [r for r in rows if r.get("status") != "completed"]
     for row in failed:
         lines.append(
@@ -252,6 +262,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     info = machine(args.device)
+    previous = json.loads(args.out.read_text()) if args.reuse and args.out.is_file() else {}
+    if previous.get("machine"):
+        info = previous["machine"]  # --reuse: the machine and start of the runs that trained
+    args.previous = {
+        (row["dataset"], row["seed"], row["precision"]): row for row in previous.get("runs", [])
+    }
     rows: list[dict[str, Any]] = []
     for dataset in args.sets:
         for seed in args.seeds:
