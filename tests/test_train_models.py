@@ -125,12 +125,14 @@ def test_paper_configs_keep_the_published_setting(name: str) -> None:
     loss = GeneratorLoss.from_config(OmegaConf.to_container(paper.loss))
     assert _loss_setting(loss) == expected_loss
     if name in ("skip_ganomaly", "skip_sa", "mife"):
-        # paper: every skip; default: only the deepest (defects are not copied through)
+        # paper: every skip; default: only the deepest (defects are not copied through),
+        # none for Skip-GANomaly (chosen on four real sets)
         assert paper.model.skip_levels is None
-        assert list(default.model.skip_levels) == [-1]
+        deepest = [] if name == "skip_ganomaly" else [-1]
+        assert list(default.model.skip_levels) == deepest
         generator = hydra.utils.instantiate(default.model, _convert_="all").generator
         kept = generator.decoder.skip_levels if name == "mife" else generator.skip_levels
-        assert kept == ((6,) if name == "skip_ganomaly" else (5,))  # at 128 px
+        assert kept == (() if name == "skip_ganomaly" else (5,))  # at 128 px
     if name == "skip_sa":
         assert paper.model.attention_levels is None
         assert list(default.model.attention_levels) == [3, 4, 5]

@@ -15,8 +15,10 @@ error + 0.1 · latent distance.
 
 Defaults are the project's, those of ``model=skip_ganomaly`` (conf/model/skip_ganomaly.yaml):
 ``base_width=None`` = the CPU-friendly width for the image size (64 at 32 px, 32 at 64 px,
-16 from 128 px; :func:`anomaly_gan.resolvers.default_base_width`), the deepest skip only
-(``skip_levels=(-1,)``), GANomaly's feature matching + L1 loss instead of BCE
+16 from 128 px; :func:`anomaly_gan.resolvers.default_base_width`), no skip connections
+(``skip_levels=()``: the U-Net's encoder and decoder without the bridges that let it copy a
+defect into the reconstruction; chosen on four real sets, docs/what-works.md; ``(-1,)``
+keeps the deepest), GANomaly's feature matching + L1 loss instead of BCE
 (``GeneratorLoss()``, conf/loss/feature_matching_l1.yaml) and the difference-map score
 (:data:`anomaly_gan.scoring.DEFAULT_SCORER`). The paper setting above (width 64, every skip,
 its loss and the 0.9 / 0.1 score) is ``model=skip_ganomaly_paper``
@@ -59,7 +61,7 @@ class SkipGanomaly(GanAnomalyModule):
         channels: int = 3,
         base_width: int | None = None,
         max_width: int = 512,
-        skip_levels: Sequence[int] | None = (-1,),
+        skip_levels: Sequence[int] | None = (),
         **core: Any,
     ) -> None:
         super().__init__(image_size=image_size, channels=channels, **core)
