@@ -274,7 +274,7 @@ def test_threshold_travels_in_checkpoint(tmp_path: Path) -> None:
 def test_dcgan_init_applies_to_linear_and_skips_parameterless() -> None:
     layer = torch.nn.Linear(200, 300)
     dcgan_init(layer)
-    assert 0.015 < float(layer.weight.std()) < 0.025 and torch.all(layer.bias == 0)
+    assert 0.015 < float(layer.weight.detach().std()) < 0.025 and torch.all(layer.bias == 0)
     dcgan_init(torch.nn.ReLU())  # no parameters: nothing to do, no error
 
 
