@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -220,6 +221,38 @@ def fit_timed(
     finally:
         del module.training_step
     return {"step_s": step_s[warmup:], "batch_s": batch_s[warmup:]}
+
+
+def train_and_read(
+    command: list[str],
+    run_dir: Path,
+    dataset: str,
+    *,
+    train: bool = True,
+    fresh: bool = True,
+    threads: int | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Run one ``train.py`` command into ``run_dir`` (emptied first when ``fresh``; otherwise
+    the run may resume from its own checkpoints; nothing runs when ``train`` is false, e.g.
+    to read a finished run again) and read back its ``results.json``.
+
+    Returns the subprocess facts for the row (``returncode``, ``stderr_tail`` on failure), the
+    whole results and ``dataset``'s metrics block; missing files give empty dicts, so a run
+    that died before writing results is still a row.
+    """
+    facts: dict[str, Any] = {}
+    if train:
+        if fresh:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+        completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+        facts["returncode"] = completed.returncode
+        if completed.returncode:
+            facts["stderr_tail"] = completed.stderr[-2000:]
+    results_file = run_dir / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    metrics = (results.get("categories") or {}).get(dataset) or {}
+    return facts, results, metrics
 
 
 def peak_rss_bytes() -> int:

@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-from _common import REPO, machine, machine_line
+from _common import REPO, machine, machine_line, train_and_read
 
 PRECISIONS = ("32-true", "bf16-mixed")
 DEFAULT_ROOT = REPO.parent / "shared" / "data"
@@ -71,24 +69,18 @@ def train_command(args: argparse.Namespace, dataset: str, seed: int, precision: 
 def run_job(args: argparse.Namespace, dataset: str, seed: int, precision: str) -> dict[str, Any]:
     """Train (unless ``--reuse`` finds it completed) and read back one run's results.json."""
     run_dir = run_dir_of(args, dataset, seed, precision)
-    results_file = run_dir / "results.json"
     row: dict[str, Any] = {"dataset": dataset, "seed": seed, "precision": precision}
-
-    def read() -> dict[str, Any]:
-        return json.loads(results_file.read_text()) if results_file.is_file() else {}
-
     started = time.monotonic()
-    reused = args.reuse and read().get("status") == "completed"
-    if not reused:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else None
-        command = train_command(args, dataset, seed, precision)
-        completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
-        row["returncode"] = completed.returncode
-        if completed.returncode:
-            row["stderr_tail"] = completed.stderr[-2000:]
-    results = read()
-    metrics = (results.get("categories") or {}).get(dataset) or {}
+    _, earlier, _ = train_and_read([], run_dir, dataset, train=False)
+    reused = args.reuse and earlier.get("status") == "completed"
+    facts, results, metrics = train_and_read(
+        train_command(args, dataset, seed, precision),
+        run_dir,
+        dataset,
+        train=not reused,
+        threads=args.threads,
+    )
+    row.update(facts)
     reference = metrics.get("reference") or {}
     row.update(
         status=results.get("status", "missing"),

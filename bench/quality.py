@@ -31,9 +31,7 @@ import argparse
 import concurrent.futures
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -42,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-from _common import REPO, model_names, table
+from _common import REPO, model_names, table, train_and_read
 
 #: Data set (a folder of the real-data root) -> image channels.
 DATASETS = {"magnetic_tile": 1, "mvtec3d_tire": 3, "elpv": 1, "mpdd_metal_plate": 3}
@@ -127,24 +125,20 @@ def _reference(block: dict[str, Any] | None) -> dict[str, Any]:
 def run_job(args: argparse.Namespace, dataset: str, model: str, size: int, seed: int) -> dict:
     """Train (unless ``--reuse`` finds it completed) and read back one run's results.json."""
     run_dir = run_dir_of(args, dataset, model, size, seed)
-    results_file = run_dir / "results.json"
     started = time.monotonic()
     row: dict[str, Any] = {"dataset": dataset, "model": model, "size": size, "seed": seed}
-
-    def read() -> dict[str, Any]:
-        return json.loads(results_file.read_text()) if results_file.is_file() else {}
-
-    if not args.report_only and not (args.reuse and read().get("status") == "completed"):
-        if not args.reuse:  # a fresh run: no resuming from, or skipping to, an older one
-            shutil.rmtree(run_dir, ignore_errors=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        command = train_command(args, dataset, model, size, seed)
-        completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
-        row["returncode"] = completed.returncode
-        if completed.returncode:
-            row["stderr_tail"] = completed.stderr[-2000:]
-    results = read()
-    metrics = (results.get("categories") or {}).get(dataset) or {}
+    _, earlier, _ = train_and_read([], run_dir, dataset, train=False)
+    train = not args.report_only and not (args.reuse and earlier.get("status") == "completed")
+    # --reuse: resume an unfinished run from its own last.ckpt instead of starting afresh
+    facts, results, metrics = train_and_read(
+        train_command(args, dataset, model, size, seed),
+        run_dir,
+        dataset,
+        train=train,
+        fresh=not args.reuse,
+        threads=args.threads,
+    )
+    row.update(facts)
     row.update(
         status=results.get("status", "missing"),
         error=(results.get("error") or {}).get("message"),
