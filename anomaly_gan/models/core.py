@@ -42,7 +42,12 @@ from torch import Tensor, nn
 
 from anomaly_gan.corruption import SyntheticDefects
 from anomaly_gan.losses import GeneratorLoss, discriminator_loss, distance
-from anomaly_gan.models.step_checks import DeferredStepChecks, NonFinite, StepPlace
+from anomaly_gan.models.step_checks import (
+    DeferredStepChecks,
+    NonFinite,
+    StepPlace,
+    stacked_terms,
+)
 from anomaly_gan.nets.init import dcgan_init
 from anomaly_gan.resolvers import default_base_width
 from anomaly_gan.scoring import DEFAULT_SCORER, AnomalyScore, separation_auroc
@@ -449,8 +454,7 @@ class GanAnomalyModule(L.LightningModule):
         if self.defers_step_checks:
             self._deferred_checks.add_terms(terms, place)
             return
-        values = torch.stack([value.detach().float() for value in terms.values()])
-        if bool(torch.isfinite(values).all()):
+        if bool(torch.isfinite(stacked_terms(terms)).all()):
             return
         found = NonFinite(place, {name: value.item() for name, value in terms.items()})
         raise self._non_finite_error(found, deferred=False)

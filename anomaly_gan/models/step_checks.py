@@ -35,6 +35,11 @@ class NonFinite:
     values: dict[str, float]
 
 
+def stacked_terms(terms: dict[str, Tensor]) -> Tensor:
+    """The step's loss terms as one detached float32 vector (one finiteness test for all)."""
+    return torch.stack([value.detach().float() for value in terms.values()])
+
+
 class DeferredStepChecks:
     """Loss values of the steps since the last read, kept on the device until read.
 
@@ -53,8 +58,7 @@ class DeferredStepChecks:
         return len(self._discriminator_losses)
 
     def add_terms(self, terms: dict[str, Tensor], place: StepPlace) -> None:
-        values = torch.stack([value.detach().float() for value in terms.values()])
-        self._terms.append((place, tuple(terms), values))
+        self._terms.append((place, tuple(terms), stacked_terms(terms)))
 
     def add_discriminator_loss(self, loss: Tensor) -> None:
         self._discriminator_losses.append(loss.detach().float())
@@ -76,4 +80,4 @@ class DeferredStepChecks:
         return float(torch.stack(losses).min()) if losses else None
 
 
-__all__ = ["DeferredStepChecks", "NonFinite", "StepPlace"]
+__all__ = ["DeferredStepChecks", "NonFinite", "StepPlace", "stacked_terms"]
