@@ -18,9 +18,10 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) train.py callbacks.progress_bar.refresh_rate=0
 
-## The whole test suite (CPU).
+## The whole test suite (CPU), one worker process per core (at most 4, pytest-xdist); the
+## slowest tests are listed at the end.
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto --maxprocesses=4 --durations=15 $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
