@@ -1,64 +1,95 @@
 """Leave-one-dataset-out choice between settings measured by ``bench/quality.py``.
 
     python bench/lodo.py bench/results/lodo_study/study_*.json
+    python bench/lodo.py bench/results/budget_study/study_sa_mife_skips_*_seed*.json
 
-Each JSON file is one setting (its name after ``study_`` names it), run with
-``bench/quality.py --test-part selection`` on several data sets. For every data set held out,
-the setting with the best mean image AUROC on the *other* sets is chosen, and its rank on the
-held-out set is printed: a setting deserves to be a default only if the choice made without
-a set also does well on it (docs/what-works.md). Only settings measured on every set compete.
+Each JSON file holds runs of one setting, made with ``bench/quality.py --test-part
+selection`` on several data sets; the file name after ``study_`` names the setting, and a
+trailing ``_seed<N>`` is dropped, so the files of one setting at several seeds are pooled and
+compared on their mean over seeds (one seed's selection part is too noisy to choose on:
+docs/what-works.md). Each model in the files is compared on its own. For every data set held
+out, the setting with the best mean image AUROC on the *other* sets is chosen, and its rank
+on the held-out set is printed: a setting deserves to be a default only if the choice made
+without a set also does well on it. Only settings measured on every set compete.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
+from collections import defaultdict
 from pathlib import Path
 
+_SEED_SUFFIX = re.compile(r"_seed\d+$")
 
-def load(paths: list[Path]) -> dict[tuple[str, str], dict]:
-    """(setting, data set) -> the run's row (first seed's; settings are compared at one seed)."""
-    rows: dict[tuple[str, str], dict] = {}
+
+def setting_name(path: Path) -> str:
+    """``study_skips_none_seed1.json`` -> ``skips_none``."""
+    return _SEED_SUFFIX.sub("", path.stem.removeprefix("study_"))
+
+
+def load(paths: list[Path]) -> dict[str, dict[tuple[str, str], list[dict]]]:
+    """model -> (setting, data set) -> its completed runs (one per seed)."""
+    runs: dict[str, dict[tuple[str, str], list[dict]]] = defaultdict(lambda: defaultdict(list))
     for path in paths:
-        setting = path.stem.removeprefix("study_")
+        setting = setting_name(path)
         for row in json.loads(path.read_text())["runs"]:
             if row.get("auroc") is not None:
-                rows.setdefault((setting, row["dataset"]), row)
-    return rows
+                runs[row["model"]][(setting, row["dataset"])].append(row)
+    return runs
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return statistics.mean(row[key] for row in rows)
+
+
+def compare(model: str, runs: dict[tuple[str, str], list[dict]]) -> None:
+    """Print one model's table (means over seeds) and its leave-one-set-out choices."""
+    settings = sorted({setting for setting, _ in runs})
+    datasets = list(dict.fromkeys(dataset for _, dataset in runs))
+    auroc = {cell: _mean(rows, "auroc") for cell, rows in runs.items()}
+    print(f"\n## {model}\n")
+    print("| setting | " + " | ".join(datasets) + " |")
+    print("|---" * (len(datasets) + 1) + "|")
+    for setting in settings:
+        cells = []
+        for dataset in datasets:
+            rows = runs.get((setting, dataset))
+            cells.append(
+                "-"
+                if not rows
+                else f"{auroc[(setting, dataset)]:.3f} (ref {_mean(rows, 'reference_auroc'):.3f}, "
+                f"{_mean(rows, 'lift'):+.3f}; seeds {','.join(str(r['seed']) for r in rows)})"
+            )
+        print(f"| {setting} | " + " | ".join(cells) + " |")
+    complete = [s for s in settings if all((s, d) in runs for d in datasets)]
+    if len(complete) < 2 or len(datasets) < 2:
+        print("\n(fewer than two settings measured on every set: nothing to choose)")
+        return
+    seeds = {cell: sorted(row["seed"] for row in runs[cell]) for cell in runs}
+    if len({tuple(seeds[(s, d)]) for s in complete for d in datasets}) > 1:
+        print("\nWarning: the settings were not measured at the same seeds (see the table).")
+    print("\nLeave one data set out (chosen by the mean image AUROC on the other sets):")
+    for held_out in datasets:
+        others = [d for d in datasets if d != held_out]
+        chosen = max(complete, key=lambda s: statistics.mean(auroc[(s, d)] for d in others))
+        ranking = sorted(complete, key=lambda s: -auroc[(s, held_out)])
+        best = ranking[0]
+        print(
+            f"- held out {held_out}: chosen {chosen}, {auroc[(chosen, held_out)]:.3f} "
+            f"there (rank {ranking.index(chosen) + 1} of {len(complete)}; best there {best} "
+            f"{auroc[(best, held_out)]:.3f})"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", type=Path, help="bench/quality.py JSON files")
     args = parser.parse_args()
-    rows = load(args.results)
-    settings = sorted({setting for setting, _ in rows})
-    datasets = list(dict.fromkeys(dataset for _, dataset in rows))
-    print("| setting | " + " | ".join(datasets) + " |")
-    print("|---" * (len(datasets) + 1) + "|")
-    for setting in settings:
-        cells = []
-        for dataset in datasets:
-            row = rows.get((setting, dataset))
-            cells.append(
-                "-"
-                if row is None
-                else f"{row['auroc']:.3f} (ref {row['reference_auroc']:.3f}, {row['lift']:+.3f})"
-            )
-        print(f"| {setting} | " + " | ".join(cells) + " |")
-    complete = [s for s in settings if all((s, d) in rows for d in datasets)]
-    print("\nLeave one data set out (chosen by the mean image AUROC on the other sets):")
-    for held_out in datasets:
-        others = [d for d in datasets if d != held_out]
-        chosen = max(complete, key=lambda s: statistics.mean(rows[(s, d)]["auroc"] for d in others))
-        ranking = sorted(complete, key=lambda s: -rows[(s, held_out)]["auroc"])
-        best = ranking[0]
-        print(
-            f"- held out {held_out}: chosen {chosen}, {rows[(chosen, held_out)]['auroc']:.3f} "
-            f"there (rank {ranking.index(chosen) + 1} of {len(complete)}; best there {best} "
-            f"{rows[(best, held_out)]['auroc']:.3f})"
-        )
+    for model, runs in load(args.results).items():
+        compare(model, runs)
 
 
 if __name__ == "__main__":
