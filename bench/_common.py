@@ -223,6 +223,12 @@ def fit_timed(
     return {"step_s": step_s[warmup:], "batch_s": batch_s[warmup:]}
 
 
+def read_results(run_dir: Path) -> dict[str, Any]:
+    """A run's ``results.json``; an empty dict where the run has not written one."""
+    results_file = run_dir / "results.json"
+    return json.loads(results_file.read_text()) if results_file.is_file() else {}
+
+
 def train_and_read(
     command: list[str],
     run_dir: Path,
@@ -249,8 +255,7 @@ def train_and_read(
         facts["returncode"] = completed.returncode
         if completed.returncode:
             facts["stderr_tail"] = completed.stderr[-2000:]
-    results_file = run_dir / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    results = read_results(run_dir)
     metrics = (results.get("categories") or {}).get(dataset) or {}
     return facts, results, metrics
 

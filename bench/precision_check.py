@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-from _common import REPO, machine, machine_line, train_and_read
+from _common import REPO, machine, machine_line, read_results, train_and_read
 
 PRECISIONS = ("32-true", "bf16-mixed")
 DEFAULT_ROOT = REPO.parent / "shared" / "data"
@@ -71,7 +71,7 @@ def run_job(args: argparse.Namespace, dataset: str, seed: int, precision: str) -
     run_dir = run_dir_of(args, dataset, seed, precision)
     row: dict[str, Any] = {"dataset": dataset, "seed": seed, "precision": precision}
     started = time.monotonic()
-    _, earlier, _ = train_and_read([], run_dir, dataset, train=False)
+    earlier = read_results(run_dir)
     reused = args.reuse and earlier.get("status") == "completed"
     facts, results, metrics = train_and_read(
         train_command(args, dataset, seed, precision),

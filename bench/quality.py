@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-from _common import REPO, model_names, table, train_and_read
+from _common import REPO, model_names, read_results, table, train_and_read
 
 #: Data set (a folder of the real-data root) -> image channels.
 DATASETS = {"magnetic_tile": 1, "mvtec3d_tire": 3, "elpv": 1, "mpdd_metal_plate": 3}
@@ -127,7 +127,7 @@ def run_job(args: argparse.Namespace, dataset: str, model: str, size: int, seed:
     run_dir = run_dir_of(args, dataset, model, size, seed)
     started = time.monotonic()
     row: dict[str, Any] = {"dataset": dataset, "model": model, "size": size, "seed": seed}
-    _, earlier, _ = train_and_read([], run_dir, dataset, train=False)
+    earlier = read_results(run_dir)
     train = not args.report_only and not (args.reuse and earlier.get("status") == "completed")
     # --reuse: resume an unfinished run from its own last.ckpt instead of starting afresh
     facts, results, metrics = train_and_read(
