@@ -38,15 +38,15 @@ NARROW = {"base_width": 16}
 
 # (generator, discriminator) parameters at 3 channels. Pinned so that an accidental change of
 # any layer fails here. The classes' defaults are the project's (model=<name>: width 64 at
-# 32 px and 32 at 64 px, the deepest skip only (Skip-GANomaly: none), Skip-SA attention on
+# 32 px and 32 at 64 px, MIFE the deepest skip only, the U-Nets none, Skip-SA attention on
 # levels 3-5):
 PARAMETER_COUNTS: dict[tuple[str, int], tuple[int, int]] = {
     ("ganomaly", 32): (3_206_528, 663_296),
     ("ganomaly", 64): (3_300_544, 694_656),
     ("skip_ganomaly", 32): (13_903_491, 663_296),
     ("skip_ganomaly", 64): (13_966_147, 694_656),
-    ("skip_sa", 32): (3_956_897, 663_296),
-    ("skip_sa", 64): (2_585_761, 694_656),
+    ("skip_sa", 32): (3_690_145, 663_296),
+    ("skip_sa", 64): (2_319_009, 694_656),
     ("mife", 32): (32_531_177, 663_296),
     ("mife", 64): (8_497_065, 694_656),
     ("baseline", 32): (22_502_247, 663_296),
@@ -313,9 +313,9 @@ def test_every_skip_in_the_papers_and_few_by_default(name: str) -> None:
     depth = len(paper)
     # every decoder level takes a skip, except pix2pix's innermost one (it has none)
     assert sum(paper) == (depth - 1 if name == "skip_ganomaly" else depth)
-    # the default (model=<name>): Skip-SA and MIFE keep only the deepest level's skip
-    # (skip_levels [-1]); Skip-GANomaly none (skip_levels [], chosen on four real sets)
-    expected = [name != "skip_ganomaly" and level == 0 for level in range(depth)]
+    # the default (model=<name>): MIFE keeps only the deepest level's skip (skip_levels
+    # [-1]); the U-Nets none (skip_levels [], chosen on four real sets)
+    expected = [name == "mife" and level == 0 for level in range(depth)]
     assert _levels_with_skips(build(name), name) == expected
 
 

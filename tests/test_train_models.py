@@ -125,14 +125,14 @@ def test_paper_configs_keep_the_published_setting(name: str) -> None:
     loss = GeneratorLoss.from_config(OmegaConf.to_container(paper.loss))
     assert _loss_setting(loss) == expected_loss
     if name in ("skip_ganomaly", "skip_sa", "mife"):
-        # paper: every skip; default: only the deepest (defects are not copied through),
-        # none for Skip-GANomaly (chosen on four real sets)
+        # paper: every skip; default: none for the U-Nets (chosen on four real sets), only
+        # the deepest for MIFE (defects are not copied through)
         assert paper.model.skip_levels is None
-        deepest = [] if name == "skip_ganomaly" else [-1]
-        assert list(default.model.skip_levels) == deepest
+        expected = [-1] if name == "mife" else []
+        assert list(default.model.skip_levels) == expected
         generator = hydra.utils.instantiate(default.model, _convert_="all").generator
         kept = generator.decoder.skip_levels if name == "mife" else generator.skip_levels
-        assert kept == (() if name == "skip_ganomaly" else (5,))  # at 128 px
+        assert kept == ((5,) if name == "mife" else ())  # at 128 px
     if name == "skip_sa":
         assert paper.model.attention_levels is None
         assert list(default.model.attention_levels) == [3, 4, 5]

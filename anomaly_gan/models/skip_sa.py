@@ -16,7 +16,8 @@ Defaults are the project's, those of ``model=skip_sa`` (conf/model/skip_sa.yaml)
 ``base_width=None`` = the CPU-friendly width for the image size (64 at 32 px, 32 at 64 px,
 16 from 128 px; :func:`anomaly_gan.resolvers.default_base_width`), attention on levels 3–5
 (``attention_levels=(3, 4, 5)``: levels 1–2 at full and half resolution cost minutes per
-step on CPU at 128 px), the deepest skip only (``skip_levels=(-1,)``), Skip-GANomaly's
+step on CPU at 128 px), no skips (``skip_levels=()``, chosen on four real sets; ``(-1,)`` keeps
+the deepest), Skip-GANomaly's
 weights 1 / 50 / 1 with GANomaly's feature matching instead of BCE (``GeneratorLoss()``,
 conf/loss/feature_matching_l1.yaml: with the paper's weights the generator barely learns
 to reconstruct, docs/what-works.md) and the difference-map score
@@ -65,7 +66,7 @@ class SkipSelfAttentionGan(GanAnomalyModule):
         max_width: int = 512,
         attention_levels: Sequence[int] | None = (3, 4, 5),
         attention_reduction: int = 8,
-        skip_levels: Sequence[int] | None = (-1,),
+        skip_levels: Sequence[int] | None = (),
         **core: Any,
     ) -> None:
         super().__init__(image_size=image_size, channels=channels, **core)
