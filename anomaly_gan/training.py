@@ -147,6 +147,7 @@ def _finish_wandb() -> None:
 
 def _config_summary(cfg: DictConfig) -> dict[str, Any]:
     data = cfg.data
+    ema = (cfg.get("callbacks") or {}).get("generator_ema")
     return {
         "task_name": cfg.get("task_name"),
         "model_name": _choice("model", cfg.model),
@@ -167,6 +168,8 @@ def _config_summary(cfg: DictConfig) -> dict[str, Any]:
         "iterations": cfg.get("iterations"),
         "validations": cfg.get("validations"),
         "patience": cfg.get("patience"),
+        # decay of the generator's weight average (callbacks=ema), None: the plain weights
+        "generator_ema": ema.get("decay") if ema else None,
         "tags": list(cfg.get("tags") or []),
     }
 
