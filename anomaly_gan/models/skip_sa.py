@@ -16,11 +16,11 @@ Defaults are the project's, those of ``model=skip_sa`` (conf/model/skip_sa.yaml)
 ``base_width=None`` = the CPU-friendly width for the image size (64 at 32 px, 32 at 64 px,
 16 from 128 px; :func:`anomaly_gan.resolvers.default_base_width`), attention on levels 3–5
 (``attention_levels=(3, 4, 5)``: levels 1–2 at full and half resolution cost minutes per
-step on CPU at 128 px), no skips (``skip_levels=()``, chosen on four real sets; ``(-1,)`` keeps
-the deepest), Skip-GANomaly's
-weights 1 / 50 / 1 with GANomaly's feature matching instead of BCE (``GeneratorLoss()``,
-conf/loss/feature_matching_l1.yaml: with the paper's weights the generator barely learns
-to reconstruct, docs/what-works.md) and the difference-map score
+step on CPU at 128 px), no skips (``skip_levels=()``, chosen on four real sets; ``(-1,)``
+keeps the deepest), Skip-GANomaly's weights 1 / 50 / 1 with GANomaly's feature matching
+instead of BCE (``GeneratorLoss()``, conf/loss/feature_matching_l1.yaml: with the paper's
+weights the generator barely learns to reconstruct, docs/what-works.md) and the
+difference-map score
 (:data:`anomaly_gan.scoring.DEFAULT_SCORER`). The paper setting (width 64, attention and
 skips on every level, its loss, the 0.9 / 0.1 score) is ``model=skip_sa_paper``
 (conf/model/skip_sa_paper.yaml).
