@@ -51,7 +51,7 @@ class GeneratorEma(Callback):
     """Keep, validate, test and save an exponential moving average of ``module.generator``.
 
     Args:
-        decay: weight of the old average per update (0 < decay < 1); the effective horizon
+        decay: weight of the old average per update (0 ≤ decay < 1); the effective horizon
             is about ``1 / (1 - decay)`` generator updates (0.99: the last ~100).
     """
 
