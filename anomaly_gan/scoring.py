@@ -61,6 +61,7 @@ FIELDS = (
     "top_k_fraction",
     "per_channel",
     "map_sigma_fraction",
+    "map_std_floor",
 )
 
 #: The models' default score, the one home of its settings: what every model class scores with
@@ -83,6 +84,7 @@ DEFAULT_SCORER: Mapping[str, Any] = MappingProxyType(
         "top_k_fraction": 0.05,
         "per_channel": True,
         "map_sigma_fraction": 0.0625,
+        "map_std_floor": 0.1,
     }
 )
 
@@ -208,6 +210,11 @@ class AnomalyScore(nn.Module):
             size. A defect spans fewer pixels at a lower resolution, and a reconstruction
             that half follows a defect leaves a residue of both signs around it, which a
             kernel much wider than the defect averages away (docs/what-works.md).
+        map_std_floor: with ``normalize_map``, each pixel's standard deviation is at least
+            this fraction of the mean over pixels, so pixels that barely vary over the few
+            validation normals (background, saturation) do not turn noise into anomalies.
+            Large values (e.g. 1e6) leave only the per-pixel mean subtraction: the map is
+            then divided by one number, which ranks pixels as the unscaled difference does.
         image_size: side of the maps, so ``map_mean``/``map_std`` have their final shape
             from the start (the model passes it); without it they start as broadcasting
             1x1 identities and take the maps' shape at the first :meth:`calibrate` or
@@ -233,6 +240,7 @@ class AnomalyScore(nn.Module):
         top_k_fraction: float = 0.01,
         per_channel: bool = False,
         map_sigma_fraction: float | None = None,
+        map_std_floor: float = 0.1,
         *,
         image_size: int | None = None,
     ) -> None:
@@ -247,6 +255,7 @@ class AnomalyScore(nn.Module):
         self.top_k_fraction = top_k_fraction
         self.per_channel = per_channel
         self.map_sigma_fraction = map_sigma_fraction
+        self.map_std_floor = map_std_floor
         self._validate()
         side = image_size or 1
         self.register_buffer("threshold", torch.tensor(float("nan")))
@@ -280,6 +289,11 @@ class AnomalyScore(nn.Module):
         if fraction is not None and not 0 < fraction <= 1:
             raise ValueError(
                 f"model.scorer.map_sigma_fraction must be in (0, 1] or null, got {fraction}"
+            )
+        if not self.map_std_floor > 0:
+            raise ValueError(
+                f"model.scorer.map_std_floor must be > 0 (a fraction of the mean per-pixel "
+                f"standard deviation, e.g. 0.1), got {self.map_std_floor}"
             )
         if self.smooth_difference and self.map_sigma == 0:
             raise ValueError(
@@ -397,8 +411,10 @@ class AnomalyScore(nn.Module):
             reference, held_out = maps[0::2], slice(1, None, 2)
             self._store("map_mean", reference.mean(dim=0, keepdim=True))
             spread = reference.std(dim=0, keepdim=True)
-            # A floor keeps pixels that never vary (padding, saturation) from exploding.
-            self._store("map_std", spread.clamp_min(spread.mean().clamp_min(1e-8) * 0.1))
+            # A floor (map_std_floor) keeps pixels that barely vary (padding, saturation,
+            # background) from exploding.
+            floor = spread.mean().clamp_min(1e-8) * self.map_std_floor
+            self._store("map_std", spread.clamp_min(floor))
             maps, latent = maps[held_out], latent[held_out]
         scores = self.score(latent, self.standardize(maps))
         self.threshold.fill_(threshold_from_normals(scores, threshold_quantile))

@@ -37,9 +37,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
-from torchmetrics.functional.classification import binary_auroc  # noqa: E402
 
 from anomaly_gan.data import MVTecDataModule  # noqa: E402
+from anomaly_gan.evaluation.localization import pixel_metrics  # noqa: E402
 from anomaly_gan.evaluation.metrics import image_metrics  # noqa: E402
 from anomaly_gan.evaluation.reference import (  # noqa: E402
     MeanReconstruction,
@@ -49,14 +49,38 @@ from anomaly_gan.evaluation.reference import (  # noqa: E402
 from anomaly_gan.models.checkpoint import load_model  # noqa: E402
 from anomaly_gan.scoring import DEFAULT_SCORER, AnomalyScore  # noqa: E402
 
-#: Pixel AUROC is computed on at most this many pixels (a seeded subset) per cell.
-MAX_PIXELS = 2_000_000
 
+def variants(family: str = "pooling") -> dict[str, dict[str, Any]]:
+    """name -> scorer config.
 
-def variants() -> dict[str, dict[str, Any]]:
-    """name -> scorer config: σ ∈ {1, 2, 4, 8} × pooling ∈ {top 1 %, top 5 %, top 20 %,
-    mean, max}, plus the unsmoothed-difference error map and the unstandardised map."""
+    ``pooling``: σ ∈ {1, 2, 4, 8} × pooling ∈ {top 1 %, top 5 %, top 20 %, mean, max}, plus
+    the unsmoothed-difference error map and the unstandardised map. ``std_floor``: the
+    default score with the per-pixel standard deviation floored at 0.1 (the default), 0.3,
+    1 or 3 times its mean over pixels, or replaced by that mean (``mean only``: the per-pixel
+    mean is still subtracted).
+    """
     grid: dict[str, dict[str, Any]] = {}
+    if family == "map":  # only the pixel metrics of these differ in kind
+        grid["standardised s4 (default)"] = dict(DEFAULT_SCORER)
+        for sigma in (1.0, 2.0, 4.0, 8.0):
+            grid[f"unstandardised s{sigma:g}"] = {
+                **DEFAULT_SCORER,
+                "normalize_map": False,
+                "map_sigma": sigma,
+                "map_sigma_fraction": None if sigma > 4 else DEFAULT_SCORER["map_sigma_fraction"],
+            }
+        grid["unstandardised error map s1"] = {
+            **DEFAULT_SCORER,
+            "normalize_map": False,
+            "smooth_difference": False,
+            "map_sigma": 1.0,
+        }
+        return grid
+    if family == "std_floor":
+        for floor in (0.1, 0.3, 1.0, 3.0, 1e6):
+            name = "s4 top5% mean only" if floor > 100 else f"s4 top5% floor {floor:g}"
+            grid[name] = {**DEFAULT_SCORER, "map_std_floor": floor}
+        return grid
     poolings = {
         "top1%": ("top_k", 0.01),
         "top5%": ("top_k", 0.05),
@@ -140,14 +164,14 @@ def evaluate_maps(
     test_maps = scorer.error_map(*test)
     scores = scorer.score_error_maps(test_maps)
     metrics = image_metrics(scores, test_set["label"], float(scorer.threshold))
-    result: dict[str, float | None] = {"auroc": metrics.get("auroc"), "pixel_auroc": None}
-    if pixel:
-        maps = scorer.standardize(test_maps).flatten()
-        target = (test_set["mask"] > 0.5).long().flatten()
-        if maps.numel() > MAX_PIXELS:
-            keep = torch.randperm(maps.numel(), generator=torch.Generator().manual_seed(0))
-            maps, target = maps[keep[:MAX_PIXELS]], target[keep[:MAX_PIXELS]]
-        result["pixel_auroc"] = float(binary_auroc(maps, target))
+    result: dict[str, float | None] = {
+        "auroc": metrics.get("auroc"),
+        "pixel_auroc": None,
+        "aupro": None,
+    }
+    if pixel:  # the same pixel metrics a run reports, on this variant's map
+        located = pixel_metrics(scorer.standardize(test_maps), test_set["mask"])
+        result.update(pixel_auroc=located["pixel_auroc"], aupro=located["aupro"])
     return result
 
 
@@ -190,14 +214,16 @@ def tested_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def lodo(rows: list[dict[str, Any]], names: list[str], default: str, key: str) -> list[str]:
-    """Leave-one-set-out choice on the mean of ``key`` (auroc or lift) over models and seeds."""
+    """Leave-one-set-out choice on the mean of ``key`` over models and seeds (sets where
+    ``key`` is defined: pixel metrics need masks)."""
     by = defaultdict(list)
     for row in rows:
-        by[(row["set"], row["variant"])].append(row[key])
-    sets = sorted({row["set"] for row in rows})
-    mean = {key: statistics.mean(values) for key, values in by.items()}
+        if row[key] is not None:
+            by[(row["set"], row["variant"])].append(row[key])
+    sets = sorted({s for s, _ in by})
+    mean = {cell: statistics.mean(values) for cell, values in by.items()}
     lines = [
-        "| held-out set | chosen on the other three | its AUROC there | default's | change |",
+        f"| held-out set | chosen on the others | its {key} there | default's | change |",
         "|---|---|---|---|---|",
     ]
     for held in sets:
@@ -210,46 +236,54 @@ def lodo(rows: list[dict[str, Any]], names: list[str], default: str, key: str) -
     return lines
 
 
-def summary(payload: dict[str, Any]) -> str:
-    rows = payload["rows"]
-    names = list(variants())
-    sets = sorted({row["set"] for row in rows})
+def table(rows: list[dict[str, Any]], names: list[str], keys: tuple[str, ...]) -> list[str]:
+    """One row per variant: the mean of each of ``keys`` per set (over models and seeds)."""
     cells = defaultdict(list)
-    lifts_of = defaultdict(list)
-    pixels = defaultdict(list)
     for row in rows:
-        cells[(row["set"], row["variant"])].append(row["auroc"])
-        lifts_of[(row["set"], row["variant"])].append(row["lift"])
-        if row["pixel_auroc"] is not None:
-            pixels[(row["set"], row["variant"])].append(row["pixel_auroc"])
-    models = sorted({row["model"] for row in rows})
+        for key in keys:
+            if row[key] is not None:
+                cells[(row["set"], row["variant"], key)].append(row[key])
+    sets = sorted({s for s, _, _ in cells})
     lines = [
-        f"Test part: {payload['test_part']}; {len(rows) // len(names)} runs "
-        f"({', '.join(models)}); image AUROC, mean over models and seeds "
-        "(lift over the better reference under the same variant; pixel AUROC in brackets).",
-        "",
-        "| variant | " + " | ".join(sets) + " | mean AUROC | mean lift |",
-        "|---" * (len(sets) + 3) + "|",
+        "| variant | " + " | ".join(sets) + " | mean |",
+        "|---" * (len(sets) + 2) + "|",
     ]
     for name in names:
-        parts, aurocs, lifts = [], [], []
+        parts, firsts = [], []
         for s in sets:
-            auroc = statistics.mean(cells[(s, name)])
-            lift = statistics.mean(lifts_of[(s, name)])
-            aurocs.append(auroc)
-            lifts.append(lift)
-            pix = f" [{statistics.mean(pixels[(s, name)]):.3f}]" if pixels[(s, name)] else ""
-            parts.append(f"{auroc:.3f} ({lift:+.3f}){pix}")
-        lines.append(
-            f"| {name} | "
-            + " | ".join(parts)
-            + f" | {statistics.mean(aurocs):.3f} | {statistics.mean(lifts):+.3f} |"
-        )
-    if len(sets) < 2:
+            values = [statistics.mean(cells[(s, name, k)]) for k in keys if cells[(s, name, k)]]
+            firsts.append(values[0])
+            parts.append(
+                " / ".join(
+                    f"{v:+.3f}" if k == "lift" else f"{v:.3f}"
+                    for k, v in zip(keys, values, strict=False)
+                )
+            )
+        lines.append(f"| {name} | " + " | ".join(parts) + f" | {statistics.mean(firsts):.3f} |")
+    return lines
+
+
+def summary(payload: dict[str, Any]) -> str:
+    rows = payload["rows"]
+    grid = payload.get("grid", "pooling")
+    names = list(variants(grid))
+    default = "s4 top5%" if grid == "pooling" else names[0]
+    models = sorted({row["model"] for row in rows})
+    keys = ("pixel_auroc", "aupro") if grid == "map" else ("auroc", "lift")
+    lines = [
+        f"Test part: {payload['test_part']}; {len(rows) // len(names)} runs "
+        f"({', '.join(models)}); mean over models and seeds of "
+        + " / ".join(keys)
+        + (" (lift over the better reference under the same variant)" if "lift" in keys else "")
+        + f"; the default is `{default}`.",
+        "",
+        *table(rows, names, keys),
+    ]
+    if len({row["set"] for row in rows}) < 2:
         return "\n".join(lines)
-    for key in ("auroc", "lift"):
-        lines += ["", f"Leave one set out, chosen on the mean {key} of the other three sets:", ""]
-        lines += lodo(rows, names, "s4 top5%", key)
+    for key in keys:
+        lines += ["", f"Leave one set out, chosen on the mean {key} of the other sets:", ""]
+        lines += lodo(rows, names, default, key)
     return "\n".join(lines)
 
 
@@ -257,15 +291,41 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("runs", nargs="+", type=Path, help="quality.py run directories")
+    parser.add_argument(
+        "runs", nargs="+", type=Path, help="quality.py run directories (JSON files with --merge)"
+    )
+    parser.add_argument(
+        "--merge", action="store_true", help="combine earlier --out JSON files into one summary"
+    )
     parser.add_argument("--root", type=Path, default=None, help="default: the run's data.root")
     parser.add_argument("--test-part", choices=["selection", "report"], default="selection")
+    parser.add_argument(
+        "--grid", choices=["pooling", "std_floor", "map"], default="pooling", help="variants()"
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON (and .md beside it)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
+    if args.merge:
+        payload = {"rows": [], "references": {}}
+        for path in args.runs:
+            part = json.loads(path.read_text())
+            payload["test_part"] = part["test_part"]
+            payload["grid"] = part.get("grid", "pooling")
+            payload["rows"] += part["rows"]
+            payload["references"].update(part["references"])
+        args.out.write_text(json.dumps(payload, indent=1))
+        text = summary(payload)
+        args.out.with_suffix(".md").write_text(text + "\n")
+        print(text)
+        return 0
 
-    grid = variants()
-    payload: dict[str, Any] = {"test_part": args.test_part, "rows": [], "references": {}}
+    grid = variants(args.grid)
+    payload: dict[str, Any] = {
+        "test_part": args.test_part,
+        "grid": args.grid,
+        "rows": [],
+        "references": {},
+    }
     images_by_set: dict[str, SetImages] = {}  # by "set/seedN"
     for run_dir in args.runs:
         checkpoint, results = tested_checkpoint(run_dir)

@@ -323,6 +323,26 @@ def test_scorer_calibrate_even_odd_split() -> None:
     assert AnomalyScore().map_scale() is None
 
 
+def test_scorer_std_floor_bounds_quiet_pixels() -> None:
+    # One pixel never varies over the normals: its std is floored at map_std_floor × mean.
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(8, 1, 4, 4, generator=generator)
+    maps[:, :, 0, 0] = 0.3
+    spread = maps[0::2].std(dim=0, keepdim=True)
+    for floor in (0.1, 0.5):
+        scorer = AnomalyScore(0, 1, "l1", normalize_map=True, map_std_floor=floor, image_size=4)
+        scorer.calibrate(maps, torch.zeros(8), 0.9)
+        assert float(scorer.map_std[0, 0, 0, 0]) == pytest.approx(float(spread.mean()) * floor)
+        assert float(scorer.map_std.min()) >= float(spread.mean()) * floor * (1 - 1e-6)
+    # A huge floor leaves one number for every pixel: only the per-pixel mean is removed.
+    mean_only = AnomalyScore(0, 1, "l1", normalize_map=True, map_std_floor=1e6, image_size=4)
+    mean_only.calibrate(maps, torch.zeros(8), 0.9)
+    assert torch.unique(mean_only.map_std).numel() == 1
+    assert mean_only.to_config()["map_std_floor"] == 1e6
+    with pytest.raises(ValueError, match="map_std_floor must be > 0"):
+        AnomalyScore(0, 1, normalize_map=True, map_std_floor=0)
+
+
 def test_scorer_without_image_size_takes_the_maps_shape() -> None:
     maps = torch.rand(8, 1, 6, 6, generator=torch.Generator().manual_seed(0))
     scorer = AnomalyScore(0.0, 1.0, "l1", normalize_map=True)

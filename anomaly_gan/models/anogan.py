@@ -77,6 +77,7 @@ ANOGAN_SCORER: dict[str, Any] = {
     "top_k_fraction": 0.01,
     "per_channel": False,
     "map_sigma_fraction": None,
+    "map_std_floor": 0.1,
 }
 
 #: The DCGAN generator objective: non-saturating BCE only (conf/loss/dcgan.yaml).
