@@ -75,7 +75,7 @@ def test_scorer_is_float32_under_autocast() -> None:
         maps = scorer.error_map(image, reconstruction)
         distances = scorer.latent_distance(latent, latent.flip(0))
         scores = scorer.calibrate(maps.bfloat16(), distances.bfloat16(), 0.9)
-        standardised = scorer.anomaly_map(image, reconstruction)
+        standardised = scorer.score_map(image, reconstruction)
     assert maps.dtype == distances.dtype == scores.dtype == standardised.dtype == torch.float32
     for buffer in (scorer.threshold, scorer.map_mean, scorer.map_std):
         assert buffer.dtype == torch.float32

@@ -4,6 +4,7 @@ standardisation of anomaly maps against validation normals."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,15 @@ def test_standardised_map_uses_the_scorer_statistics() -> None:
 
 
 def test_validation_sets_map_statistics_that_travel_in_the_checkpoint(tmp_path: Path) -> None:
-    scorer = AnomalyScore(0, 1, "l1", map_sigma=1, smooth_difference=True, normalize_map=True)
+    scorer = AnomalyScore(
+        0,
+        1,
+        "l1",
+        map_sigma=1,
+        smooth_difference=True,
+        normalize_map=True,
+        localization_map="error",
+    )
     model = Ganomaly(image_size=32, channels=3, scorer=scorer)
     loader = DataLoader(RandomImages(n=16), batch_size=8)
     trainer = _trainer(tmp_path, max_steps=4, limit_val_batches=2)
@@ -125,9 +134,56 @@ def test_validation_sets_map_statistics_that_travel_in_the_checkpoint(tmp_path: 
     loaded = load_model(checkpoint).model
     assert torch.equal(loaded.scorer.map_mean, stats.map_mean)
     assert torch.equal(loaded.scorer.map_std, stats.map_std)
+    # The default map users see is the plain error map, with its overlay scale from validation.
+    assert stats.localization_map == "error" and math.isfinite(stats.map_scale() or math.nan)
+    assert torch.equal(loaded.scorer.localization_scale, stats.localization_scale)
     images = next(iter(loader))["image"]
     with torch.no_grad():
         assert torch.allclose(loaded(images), model.eval()(images))
+
+
+def test_default_map_is_the_plain_error_while_the_score_pools_the_standardised_map() -> None:
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    from anomaly_gan.scoring import DEFAULT_SCORER, LOCALIZATION_SCALE_QUANTILE
+
+    generator = torch.Generator().manual_seed(0)
+    normals = torch.rand(8, 3, 16, 16, generator=generator)
+    normal_recon = normals + 0.1 * torch.randn(8, 3, 16, 16, generator=generator)
+    scorer = AnomalyScore(**DEFAULT_SCORER, image_size=16)
+    assert scorer.localization_map == "error" and scorer.map_scale() is None  # uncalibrated
+    local = scorer.localization_error(normals, normal_recon)
+    scorer.calibrate(scorer.error_map(normals, normal_recon), torch.zeros(8), 0.9, local)
+    # Overlays colour full red at the error almost no validation pixel reaches.
+    expected_scale = torch.quantile(local.flatten(), LOCALIZATION_SCALE_QUANTILE)
+    assert scorer.map_scale() == pytest.approx(float(expected_scale), rel=1e-3)
+    image, reconstruction = normals[:2], normal_recon[:2]
+    error = (image - reconstruction).abs().mean(dim=1, keepdim=True)
+    shown = scorer.anomaly_map(image, reconstruction)
+    torch.testing.assert_close(shown, gaussian_blur(error, [7, 7], [1.0, 1.0]))
+    # The image score is the same as with the pooled map shown: only the map users see moved.
+    zeros = torch.zeros(2, 4)
+    pooled = scorer.score(zeros[:, 0], scorer.score_map(image, reconstruction))
+    torch.testing.assert_close(scorer(image, reconstruction, zeros, zeros), pooled)
+    assert not torch.allclose(shown, scorer.score_map(image, reconstruction))
+    as_scored = AnomalyScore(**{**DEFAULT_SCORER, "localization_map": "score"}, image_size=16)
+    as_scored.load_state_dict(scorer.state_dict())
+    torch.testing.assert_close(
+        as_scored.anomaly_map(image, reconstruction), scorer.score_map(image, reconstruction)
+    )
+    assert as_scored.map_scale() == pytest.approx(float(scorer.threshold))
+    with pytest.raises(ValueError, match="localization_map='edges'"):
+        AnomalyScore(**{**DEFAULT_SCORER, "localization_map": "edges"})
+
+
+def test_scorer_state_from_before_the_error_map_loads_uncalibrated() -> None:
+    from anomaly_gan.scoring import DEFAULT_SCORER
+
+    state = AnomalyScore(**DEFAULT_SCORER, image_size=8).state_dict()
+    del state["localization_scale"]
+    scorer = AnomalyScore(**DEFAULT_SCORER, image_size=8)
+    scorer.load_state_dict(state)  # strict: the missing buffer is filled in, not an error
+    assert scorer.map_scale() is None
 
 
 def test_default_score_keeps_a_hue_shift_that_the_channel_mean_cancels() -> None:

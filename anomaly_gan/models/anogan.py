@@ -78,6 +78,8 @@ ANOGAN_SCORER: dict[str, Any] = {
     "per_channel": False,
     "map_sigma_fraction": None,
     "map_std_floor": 0.1,
+    "localization_map": "score",
+    "localization_sigma": 1.0,
 }
 
 #: The DCGAN generator objective: non-saturating BCE only (conf/loss/dcgan.yaml).
@@ -357,6 +359,7 @@ class Anogan(GanAnomalyModule):
             return
         maps: list[Tensor] = []
         latent: list[Tensor] = []
+        localization: list[Tensor] = []
         # The test steps' precision (autocast under bf16-mixed): the threshold is set on
         # scores computed as the test's are. Hooks run outside it unless asked.
         with self.trainer.precision_plugin.test_step_context():
@@ -365,9 +368,18 @@ class Anogan(GanAnomalyModule):
                 output, latent_in, latent_out = self.reconstruct(image)
                 maps.append(self.scorer.error_map(image, output.reconstruction))
                 latent.append(self.latent_distance(latent_in, latent_out))
+                if self.scorer.localization_map == "error":
+                    localization.append(
+                        self.scorer.localization_error(image, output.reconstruction)
+                    )
         if not maps:
             return
-        self.scorer.calibrate(torch.cat(maps), torch.cat(latent), self.hparams.threshold_quantile)
+        self.scorer.calibrate(
+            torch.cat(maps),
+            torch.cat(latent),
+            self.hparams.threshold_quantile,
+            torch.cat(localization) if localization else None,
+        )
         log.info(
             "AnoGAN: scorer recalibrated on %d validation normals with the test's %d-step "
             "search (checkpoint calibrated with %d steps); threshold %.6g.",

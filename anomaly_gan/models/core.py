@@ -174,6 +174,7 @@ class GanAnomalyModule(L.LightningModule):
         self.d_reinit_count = 0
         self._val_maps: list[Tensor] = []
         self._val_latent: list[Tensor] = []
+        self._val_localization: list[Tensor] = []
         self._defect_maps: list[Tensor] = []
         self._defect_latent: list[Tensor] = []
         self.validation_defects = SyntheticDefects(probability=1.0) if validation_defects else None
@@ -320,15 +321,17 @@ class GanAnomalyModule(L.LightningModule):
         return GeneratorOutput(reconstruction, latent_in, latent_out), latent_in, latent_out
 
     def score_with_map(self, image: Tensor) -> tuple[Tensor, GeneratorOutput, Tensor]:
-        """Scores (B,), generator output and the anomaly map (B, 1, H, W), map computed once."""
+        """Scores (B,), generator output and the anomaly map (B, 1, H, W) users see
+        (``model.scorer.localization_map``), each map computed once."""
         output, latent_in, latent_out = self.reconstruct(image)
-        anomaly_map = self.anomaly_map(image, output.reconstruction)
+        score_map = self.scorer.score_map(image, output.reconstruction)
         latent_distance = self.latent_distance(latent_in, latent_out)
-        scores = self.scorer.score(latent_distance, anomaly_map)
+        scores = self.scorer.score(latent_distance, score_map)
+        anomaly_map = self.scorer.anomaly_map(image, output.reconstruction, score_map)
         return scores, output, anomaly_map
 
     def anomaly_map(self, image: Tensor, reconstruction: Tensor) -> Tensor:
-        """The per-pixel map of the score (standardised when the scorer says so)."""
+        """The per-pixel map users see and pixel metrics score (``localization_map``)."""
         return self.scorer.anomaly_map(image, reconstruction)
 
     def forward(self, image: Tensor) -> Tensor:
@@ -506,7 +509,7 @@ class GanAnomalyModule(L.LightningModule):
 
     # ----------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
-        self._val_maps, self._val_latent = [], []
+        self._val_maps, self._val_latent, self._val_localization = [], [], []
         self._defect_maps, self._defect_latent = [], []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -514,6 +517,10 @@ class GanAnomalyModule(L.LightningModule):
         output, latent_in, latent_out = self.reconstruct(image)
         self._val_maps.append(self.scorer.error_map(image, output.reconstruction).detach())
         self._val_latent.append(self.latent_distance(latent_in, latent_out).detach())
+        if self.scorer.localization_map == "error":
+            self._val_localization.append(
+                self.scorer.localization_error(image, output.reconstruction).detach()
+            )
         batch_size = image.shape[0]
         self.log(
             "val/con",
@@ -542,12 +549,15 @@ class GanAnomalyModule(L.LightningModule):
             return
         maps = self.all_gather(torch.cat(self._val_maps))
         latent = self.all_gather(torch.cat(self._val_latent))
-        scores = self.scorer.calibrate(maps, latent, self.hparams.threshold_quantile)
+        localization = (
+            self.all_gather(torch.cat(self._val_localization)) if self._val_localization else None
+        )
+        scores = self.scorer.calibrate(maps, latent, self.hparams.threshold_quantile, localization)
         self.log("val/score", scores.mean())
         self.log("val/threshold", self.threshold.float())
         if self._defect_maps:
             self.log("val/synthetic_auroc", self._synthetic_auroc(scores))
-        self._val_maps, self._val_latent = [], []
+        self._val_maps, self._val_latent, self._val_localization = [], [], []
         self._defect_maps, self._defect_latent = [], []
 
     def _synthetic_auroc(self, normal_scores: Tensor) -> float:
