@@ -227,15 +227,17 @@ def test_predict_cli_fails_when_nothing_can_be_scored(
     assert all(row["error"] for row in _rows(output / "predictions.csv").values())
 
 
-def test_predict_attention_model_uses_threshold_scale_for_overlays(
+def test_predict_attention_model_uses_the_validation_error_scale_for_overlays(
     checkpoints: dict[str, Path], image_folder: Path, tmp_path: Path
 ) -> None:
-    """Skip-SA's score has a reconstruction term: one fixed map scale = threshold / weight."""
+    """The default map is the plain error: one fixed scale for every overlay, the error that
+    almost no validation-normal pixel reaches, set at validation and kept in the checkpoint."""
     image_path = image_folder / "scratch.png"
     summary = predict(checkpoints["skip_sa"], image_path, tmp_path, batch_size=1)
     (prediction,) = summary.predictions
     loaded = load_model(checkpoints["skip_sa"])
-    expected = float(loaded.threshold) / loaded.model.scorer.reconstruction_weight
+    expected = float(loaded.model.scorer.localization_scale)
+    assert loaded.model.scorer.localization_map == "error" and 0 < expected < float("inf")
     assert float(prediction.map_scale) == pytest.approx(expected, rel=1e-5)
     assert prediction.overlay is not None and prediction.overlay.is_file()
     with torch.no_grad():
@@ -315,7 +317,8 @@ def test_export_cli_writes_onnx_next_to_checkpoint(
 
     assert max(verify_onnx(loaded, onnx_path, batch_sizes=(3, 5)).values()) <= 1e-4
     with torch.no_grad():  # the file no longer matches these weights: verification says so
-        next(loaded.model.generator.parameters()).mul_(1.5)
+        for parameter in loaded.model.generator.parameters():
+            parameter.mul_(1.5)
     with pytest.raises(ExportError, match="differs from PyTorch"):
         verify_onnx(loaded, onnx_path, batch_sizes=(3,))
 

@@ -85,6 +85,23 @@ def test_reference_block_uses_training_normals_only(tmp_path: Path, cache_dir: P
     assert changed["mean"] != block["mean"] or changed["pca"] != block["pca"]
 
 
+def test_reference_localises_on_the_map_the_model_shows(tmp_path: Path, cache_dir: Path) -> None:
+    # The built-in data has defect masks: each reference gets pixel AUROC and AUPRO, on the
+    # plain error map or on the pooled score map, whichever model.scorer.localization_map says.
+    datamodule = _datamodule(tmp_path, cache_dir)
+    blocks = {
+        shown: reference_metrics(datamodule, {**SCORER, "localization_map": shown})["textile"]
+        for shown in ("error", "score")
+    }
+    for block in blocks.values():
+        for name in ("mean", "pca"):
+            assert 0.0 <= block[name]["pixel_auroc"] <= 1.0
+            assert 0.0 <= block[name]["aupro"] <= 1.0
+    # Same image score either way; only the map (and so the pixel metrics) differs.
+    assert blocks["error"]["auroc"] == pytest.approx(blocks["score"]["auroc"])
+    assert blocks["error"]["mean"]["pixel_auroc"] != blocks["score"]["mean"]["pixel_auroc"]
+
+
 def test_summary_flags_a_model_that_does_not_beat_the_reference() -> None:
     metrics = {"auroc": 0.70, "n_normal": 5, "n_anomalous": 5}
     results = {

@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from anomaly_gan.corruption import SyntheticDefects
+from anomaly_gan.evaluation.localization import pixel_metrics
 from anomaly_gan.evaluation.metrics import image_metrics
 from anomaly_gan.scoring import AnomalyScore, separation_auroc
 from anomaly_gan.tiling import TileLayout, split_tiles, stitch_tiles
@@ -117,13 +118,16 @@ def reference_scorer(scorer_config: dict[str, Any]) -> AnomalyScore:
     return AnomalyScore.from_config(config)
 
 
-def _stack(loader: Any) -> tuple[Tensor, Tensor]:
-    """Every image (N, C, H, W) and label (N,) a loader yields."""
-    images, labels = [], []
+def _stack(loader: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Every image (N, C, H, W), label (N,) and defect mask (N, 1, H, W; None when the
+    loader yields none) a loader yields."""
+    images, labels, masks = [], [], []
     for batch in loader:
         images.append(batch["image"])
         labels.append(batch["label"])
-    return torch.cat(images), torch.cat(labels)
+        if "mask" in batch:
+            masks.append(batch["mask"])
+    return torch.cat(images), torch.cat(labels), torch.cat(masks) if masks else None
 
 
 def _error_maps(scorer: AnomalyScore, reconstruct: Any, images: Tensor) -> Tensor:
@@ -183,7 +187,8 @@ def fit_pca(
 def reference_metrics(
     datamodule: Any, scorer_config: dict[str, Any], threshold_quantile: float = 0.95
 ) -> dict[str, dict[str, Any]]:
-    """Image metrics of the mean and PCA references on every test set of ``datamodule``.
+    """Image metrics of the mean and PCA references on every test set of ``datamodule``, and
+    their pixel AUROC / AUPRO (on the map the model shows) where the test set has masks.
 
     Uses the training normals to build the reconstructions and the validation normals to
     calibrate the scorer and choose ``k``; test labels only to compute the metrics.
@@ -215,7 +220,7 @@ def reference_metrics(
     for name, loader in zip(
         datamodule.test_category_names, datamodule.test_dataloader(), strict=True
     ):
-        test, labels = _stack(loader)
+        test, labels, masks = _stack(loader)
         block: dict[str, Any] = {}
         for ref_name, reconstruct in references.items():
             scorer = scorers[ref_name]
@@ -224,6 +229,13 @@ def reference_metrics(
             block[ref_name] = {
                 key: metrics.get(key) for key in ("auroc", "average_precision", "f1", "recall")
             }
+            # The map users see, as the model's (model.scorer.localization_map).
+            if masks is not None:
+                maps = torch.cat(
+                    [scorer.anomaly_map(chunk, reconstruct(chunk)) for chunk in test.split(CHUNK)]
+                )
+                located = pixel_metrics(maps, masks)
+                block[ref_name].update(pixel_auroc=located["pixel_auroc"], aupro=located["aupro"])
         block["pca"].update(k=pca.k, k_chosen_by=k_chosen_by)
         aurocs = {n: block[n]["auroc"] for n in references if block[n]["auroc"] is not None}
         best = max(aurocs, key=aurocs.__getitem__) if aurocs else None
