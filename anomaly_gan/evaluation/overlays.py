@@ -6,11 +6,13 @@ Colour = ``map / map_scale`` clipped to [0, 1] (jet, half transparent):
   ``map_scale`` is the error that almost no pixel of the validation normals reaches (their
   99.9th percentile, set at every validation). Full red marks an error beyond what normal
   parts show, and the colours mean the same in every image;
-- a map that is the score's own (``localization_map="score"``): when the score has a reconstruction term (``scorer.reconstruction_weight`` w > 0) and a
-  threshold is stored, ``map_scale = threshold / w``: the mean per-pixel error at which the
-  reconstruction term alone reaches the decision threshold. Full red marks a pixel whose
-  error is at least that large, and the colours mean the same in every image;
-- otherwise (GANomaly's latent-only score, or a checkpoint without a threshold) the map is
+- a map that is the score's own (``localization_map="score"``): when the score has a
+  reconstruction term (``scorer.reconstruction_weight`` w > 0) and a threshold is stored,
+  ``map_scale = threshold / w``: the mean per-pixel error at which the reconstruction term
+  alone reaches the decision threshold. Full red marks a pixel whose error is at least that
+  large, and the colours mean the same in every image;
+- otherwise (a latent-only score, or a checkpoint without a threshold or, for the error
+  map, without its validation scale) the map is
   not on the score's scale, so each overlay is scaled by its own maximum: it shows *where*
   the reconstruction differs most, not *how much*. The predictions CSV's ``map_scale``
   column says which scale each overlay used.
