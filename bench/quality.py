@@ -119,6 +119,9 @@ def _reference(block: dict[str, Any] | None) -> dict[str, Any]:
         "reference_best": block.get("best"),
         "reference_auroc": block.get("auroc"),
         "lift": block.get("lift"),
+        # The better (image-level) reference's localisation, on the map the model shows.
+        "reference_pixel_auroc": (block.get(block.get("best") or "") or {}).get("pixel_auroc"),
+        "reference_aupro": (block.get(block.get("best") or "") or {}).get("aupro"),
     }
 
 
@@ -190,6 +193,14 @@ def _reference_cell(done: list[dict[str, Any]]) -> str:
     )
 
 
+def _reference_pixel_cell(done: list[dict[str, Any]]) -> str:
+    pixel = _mean(_present(done, "reference_pixel_auroc"))
+    aupro = _mean(_present(done, "reference_aupro"))
+    if pixel is None:
+        return "-"
+    return f"{pixel:.3f} / {aupro:.3f}" if aupro is not None else f"{pixel:.3f} / -"
+
+
 def _runs_cell(runs: list[dict[str, Any]], seeds: list[int]) -> str:
     """Completed seeds of the cell, then each seed that failed or has not run (yet)."""
     by_seed = {r["seed"]: r for r in runs}
@@ -220,6 +231,7 @@ def dataset_table(
         "pixel AUROC",
         "AUPRO",
         "reference AUROC (mean / pca(k) / better)",
+        "better reference's pixel AUROC / AUPRO",
         "lift",
         "goal",
         "runs",
@@ -238,6 +250,7 @@ def dataset_table(
                     _mean_std(_present(done, "pixel_auroc")),
                     _mean_std(_present(done, "aupro")),
                     _reference_cell(done),
+                    _reference_pixel_cell(done),
                     _mean_std(_present(done, "lift"), signed=True),
                     _goal_cell(summarise(cell)),
                     _runs_cell(cell, seeds),
