@@ -223,6 +223,38 @@ def fit_timed(
     return {"step_s": step_s[warmup:], "batch_s": batch_s[warmup:]}
 
 
+def run_datamodule(
+    checkpoint: Path,
+    test_part: str,
+    root: Path | None = None,
+    category: str | None = None,
+    selection_fraction: float = 0.3,
+) -> Any:
+    """A run's MVTec data module rebuilt from its checkpoint: the data exactly as the run saw
+    it (normalisation, split seeds); only the test part (and optionally root / category) is
+    chosen here. ``selection_fraction`` applies when the run itself had none."""
+    import torch
+
+    from anomaly_gan.data import MVTecDataModule
+
+    data = torch.load(checkpoint, map_location="cpu", weights_only=True).get(
+        "datamodule_hyper_parameters", {}
+    )
+    data.update(
+        root=str(root) if root else data.get("root"),
+        category=category or data.get("category"),
+        selection_fraction=data.get("selection_fraction") or selection_fraction,
+        test_part=test_part,
+        batch_size=64,
+        num_workers=0,
+        cache=False,
+        cache_dir=None,
+        download=False,
+    )
+    data.pop("_target_", None)
+    return MVTecDataModule(**data)
+
+
 def read_results(run_dir: Path) -> dict[str, Any]:
     """A run's ``results.json``; an empty dict where the run has not written one."""
     results_file = run_dir / "results.json"

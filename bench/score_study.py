@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
+from _common import run_datamodule  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
@@ -105,23 +106,8 @@ def variants(family: str = "pooling") -> dict[str, dict[str, Any]]:
 
 
 def datamodule_of(checkpoint: Path, root: Path | None, test_part: str) -> MVTecDataModule:
-    """The data exactly as the run saw it (normalisation, split seeds); only the test part
-    is chosen here."""
-    data = torch.load(checkpoint, map_location="cpu", weights_only=True).get(
-        "datamodule_hyper_parameters", {}
-    )
-    data.update(
-        root=str(root) if root else data.get("root"),
-        selection_fraction=data.get("selection_fraction") or 0.3,
-        test_part=test_part,
-        batch_size=64,
-        num_workers=0,
-        cache=False,
-        cache_dir=None,
-        download=False,
-    )
-    data.pop("_target_", None)
-    datamodule = MVTecDataModule(**data)
+    """The run's data module (:func:`_common.run_datamodule`), set up for fit and test."""
+    datamodule = run_datamodule(checkpoint, test_part, root)
     datamodule.setup("fit")
     datamodule.setup("test")
     return datamodule

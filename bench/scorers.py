@@ -23,9 +23,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import lightning as L  # noqa: E402
-import torch  # noqa: E402
+from _common import run_datamodule  # noqa: E402
 
-from anomaly_gan.data import MVTecDataModule  # noqa: E402
 from anomaly_gan.evaluation.evaluator import TestEvaluator  # noqa: E402
 from anomaly_gan.models.checkpoint import load_model  # noqa: E402
 from anomaly_gan.scoring import AnomalyScore  # noqa: E402
@@ -55,24 +54,9 @@ def _cell(value: float | None) -> str:
 
 def evaluate(checkpoint: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     model = load_model(checkpoint).model
-    # The data exactly as the run saw it (normalisation, split seeds), only the test part
-    # is chosen here.
-    data = torch.load(checkpoint, map_location="cpu", weights_only=True).get(
-        "datamodule_hyper_parameters", {}
+    datamodule = run_datamodule(
+        checkpoint, args.test_part, args.root, args.category, args.selection_fraction
     )
-    data.update(
-        root=str(args.root) if args.root else data.get("root"),
-        category=args.category or data.get("category"),
-        selection_fraction=data.get("selection_fraction") or args.selection_fraction,
-        test_part=args.test_part,
-        batch_size=64,
-        num_workers=0,
-        cache=False,
-        cache_dir=None,
-        download=False,
-    )
-    data.pop("_target_", None)
-    datamodule = MVTecDataModule(**data)
     evaluator = TestEvaluator()  # metrics only: no figures, no reference
     trainer = L.Trainer(
         accelerator="cpu",
