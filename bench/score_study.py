@@ -62,7 +62,7 @@ def variants(family: str = "pooling") -> dict[str, dict[str, Any]]:
     """
     grid: dict[str, dict[str, Any]] = {}
     if family == "map":  # only the pixel metrics of these differ in kind
-        grid["standardised s4 (default)"] = dict(DEFAULT_SCORER)
+        grid["standardised s4 (former map)"] = dict(DEFAULT_SCORER)
         for sigma in (1.0, 2.0, 4.0, 8.0):
             grid[f"unstandardised s{sigma:g}"] = {
                 **DEFAULT_SCORER,
@@ -261,7 +261,7 @@ def summary(payload: dict[str, Any]) -> str:
         f"({', '.join(models)}); mean over models and seeds of "
         + " / ".join(keys)
         + (" (lift over the better reference under the same variant)" if "lift" in keys else "")
-        + f"; the default is `{default}`.",
+        + f"; the LODO tables compare with `{default}`.",
         "",
         *table(rows, names, keys),
     ]
