@@ -50,6 +50,15 @@ from anomaly_gan.evaluation.reference import (  # noqa: E402
 from anomaly_gan.models.checkpoint import load_model  # noqa: E402
 from anomaly_gan.scoring import DEFAULT_SCORER, AnomalyScore  # noqa: E402
 
+#: Pooling name -> (``model.scorer.pooling``, ``top_k_fraction``).
+POOLS = {
+    "top1%": ("top_k", 0.01),
+    "top5%": ("top_k", 0.05),
+    "top20%": ("top_k", 0.2),
+    "mean": ("mean", 0.05),
+    "max": ("max", 0.05),
+}
+
 
 def variants(family: str = "pooling") -> dict[str, dict[str, Any]]:
     """name -> scorer config.
@@ -61,6 +70,18 @@ def variants(family: str = "pooling") -> dict[str, dict[str, Any]]:
     mean is still subtracted).
     """
     grid: dict[str, dict[str, Any]] = {}
+    if family == "error_pooling":  # image scores pooled from the plain error map users see
+        grid["s4 top5% (default)"] = dict(DEFAULT_SCORER)
+        for pool_name, (pooling, fraction) in POOLS.items():
+            grid[f"plain error map s1 {pool_name}"] = {
+                **DEFAULT_SCORER,
+                "normalize_map": False,
+                "smooth_difference": False,
+                "map_sigma": 1.0,
+                "pooling": pooling,
+                "top_k_fraction": fraction,
+            }
+        return grid
     if family == "map":  # only the pixel metrics of these differ in kind
         grid["standardised s4 (former map)"] = dict(DEFAULT_SCORER)
         for sigma in (1.0, 2.0, 4.0, 8.0):
@@ -82,15 +103,8 @@ def variants(family: str = "pooling") -> dict[str, dict[str, Any]]:
             name = "s4 top5% mean only" if floor > 100 else f"s4 top5% floor {floor:g}"
             grid[name] = {**DEFAULT_SCORER, "map_std_floor": floor}
         return grid
-    poolings = {
-        "top1%": ("top_k", 0.01),
-        "top5%": ("top_k", 0.05),
-        "top20%": ("top_k", 0.2),
-        "mean": ("mean", 0.05),
-        "max": ("max", 0.05),
-    }
     for sigma in (1.0, 2.0, 4.0, 8.0):
-        for pool_name, (pooling, fraction) in poolings.items():
+        for pool_name, (pooling, fraction) in POOLS.items():
             config = dict(DEFAULT_SCORER)
             config.update(map_sigma=sigma, pooling=pooling, top_k_fraction=fraction)
             if sigma > 4.0:  # the default caps σ at side / 16 = 4 px at 64 px
@@ -286,7 +300,10 @@ def main() -> int:
     parser.add_argument("--root", type=Path, default=None, help="default: the run's data.root")
     parser.add_argument("--test-part", choices=["selection", "report"], default="selection")
     parser.add_argument(
-        "--grid", choices=["pooling", "std_floor", "map"], default="pooling", help="variants()"
+        "--grid",
+        choices=["pooling", "std_floor", "map", "error_pooling"],
+        default="pooling",
+        help="variants()",
     )
     parser.add_argument("--out", type=Path, required=True, help="JSON (and .md beside it)")
     args = parser.parse_args()
