@@ -199,6 +199,12 @@ def separation_auroc(normal_scores: Tensor, anomalous_scores: Tensor) -> float:
     return float(binary_auroc(unit.float().cpu(), labels))
 
 
+def _gaussian(values: Tensor, sigma: float) -> Tensor:
+    """Gaussian smoothing of (B, C, H, W) maps, kernel ±3σ."""
+    kernel = 2 * math.ceil(3 * sigma) + 1
+    return gaussian_blur(values, [kernel, kernel], [sigma, sigma])
+
+
 def _choices(names: Any) -> str:
     return ", ".join(repr(name) for name in names)
 
@@ -408,10 +414,7 @@ class AnomalyScore(nn.Module):
         with full_precision(image.device.type):
             error = (image.float() - reconstruction.float()).abs().mean(dim=1, keepdim=True)
             sigma = float(self.localization_sigma)
-            if sigma == 0:
-                return error
-            kernel = 2 * math.ceil(3 * sigma) + 1
-            return gaussian_blur(error, [kernel, kernel], [sigma, sigma])
+            return _gaussian(error, sigma) if sigma > 0 else error
 
     def anomaly_map(
         self, image: Tensor, reconstruction: Tensor, score_map: Tensor | None = None
@@ -523,9 +526,7 @@ class AnomalyScore(nn.Module):
         return min(float(self.map_sigma), self.map_sigma_fraction * min(height, width))
 
     def _blur(self, values: Tensor) -> Tensor:
-        sigma = self.sigma_for(values.shape[-2], values.shape[-1])
-        kernel = 2 * math.ceil(3 * sigma) + 1
-        return gaussian_blur(values, [kernel, kernel], [sigma, sigma])
+        return _gaussian(values, self.sigma_for(values.shape[-2], values.shape[-1]))
 
     def _store(self, name: str, value: Tensor) -> None:
         """Write a statistic into its buffer: in place (the buffer object, which DDP holds on

@@ -112,6 +112,7 @@ def _reference(block: dict[str, Any] | None) -> dict[str, Any]:
         return {"reference_error": "no reference block (reference: false?)"}
     if "error" in block:
         return {"reference_error": block["error"]}
+    better = block.get(block.get("best") or "") or {}
     return {
         "reference_mean_auroc": (block.get("mean") or {}).get("auroc"),
         "reference_pca_auroc": (block.get("pca") or {}).get("auroc"),
@@ -120,8 +121,8 @@ def _reference(block: dict[str, Any] | None) -> dict[str, Any]:
         "reference_auroc": block.get("auroc"),
         "lift": block.get("lift"),
         # The better (image-level) reference's localisation, on the map the model shows.
-        "reference_pixel_auroc": (block.get(block.get("best") or "") or {}).get("pixel_auroc"),
-        "reference_aupro": (block.get(block.get("best") or "") or {}).get("aupro"),
+        "reference_pixel_auroc": better.get("pixel_auroc"),
+        "reference_aupro": better.get("aupro"),
     }
 
 

@@ -46,6 +46,7 @@ from anomaly_gan.evaluation.reference import (  # noqa: E402
     MeanReconstruction,
     fit_pca,
     reference_scorer,
+    stack_loader,
 )
 from anomaly_gan.models.checkpoint import load_model  # noqa: E402
 from anomaly_gan.scoring import DEFAULT_SCORER, AnomalyScore  # noqa: E402
@@ -127,27 +128,19 @@ def datamodule_of(checkpoint: Path, root: Path | None, test_part: str) -> MVTecD
     return datamodule
 
 
-def stack(loader: Any) -> dict[str, Tensor]:
-    """Every image, label and mask a loader yields."""
-    parts: dict[str, list[Tensor]] = defaultdict(list)
-    for batch in loader:
-        for key in ("image", "label", "mask"):
-            parts[key].append(batch[key])
-    return {key: torch.cat(values) for key, values in parts.items()}
-
-
 class SetImages:
     """Training, validation and test tensors of one data set (read once, shared by runs)."""
 
     def __init__(self, datamodule: MVTecDataModule) -> None:
         def images_of(samples: list[Any]) -> Tensor:
-            return stack(DataLoader(datamodule._dataset(samples), batch_size=64))["image"]
+            return stack_loader(DataLoader(datamodule._dataset(samples), batch_size=64))[0]
 
         self.train = images_of(datamodule.train_samples)
         self.validation = images_of(datamodule.val_samples or datamodule.train_samples)
         (test_loader,) = datamodule.test_dataloader()
-        self.test = stack(test_loader)
-        self.has_masks = bool(self.test["mask"].sum() > 0)
+        image, label, mask = stack_loader(test_loader)
+        self.test = {"image": image, "label": label, "mask": mask}
+        self.has_masks = mask is not None and bool(mask.sum() > 0)
 
 
 def evaluate_maps(

@@ -118,7 +118,7 @@ def reference_scorer(scorer_config: dict[str, Any]) -> AnomalyScore:
     return AnomalyScore.from_config(config)
 
 
-def _stack(loader: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+def stack_loader(loader: Any) -> tuple[Tensor, Tensor, Tensor | None]:
     """Every image (N, C, H, W), label (N,) and defect mask (N, 1, H, W; None when the
     loader yields none) a loader yields."""
     images, labels, masks = [], [], []
@@ -195,7 +195,7 @@ def reference_metrics(
     """
 
     def images_of(samples: list[Any]) -> Tensor:
-        return _stack(DataLoader(datamodule._dataset(samples), batch_size=CHUNK))[0]
+        return stack_loader(DataLoader(datamodule._dataset(samples), batch_size=CHUNK))[0]
 
     train = images_of(datamodule.train_samples)
     validation = images_of(datamodule.val_samples or datamodule.train_samples)
@@ -220,21 +220,26 @@ def reference_metrics(
     for name, loader in zip(
         datamodule.test_category_names, datamodule.test_dataloader(), strict=True
     ):
-        test, labels, masks = _stack(loader)
+        test, labels, masks = stack_loader(loader)
         block: dict[str, Any] = {}
         for ref_name, reconstruct in references.items():
             scorer = scorers[ref_name]
-            scores = scorer.score_error_maps(_error_maps(scorer, reconstruct, test))
+            error_maps, shown_maps = [], []
+            for chunk in test.split(CHUNK):
+                reconstruction = reconstruct(chunk)
+                error_map = scorer.error_map(chunk, reconstruction)
+                error_maps.append(error_map)
+                if masks is not None:  # the map users see, as the model's (localization_map)
+                    shown_maps.append(
+                        scorer.anomaly_map(chunk, reconstruction, scorer.standardize(error_map))
+                    )
+            scores = scorer.score_error_maps(torch.cat(error_maps))
             metrics = image_metrics(scores, labels, float(scorer.threshold))
             block[ref_name] = {
                 key: metrics.get(key) for key in ("auroc", "average_precision", "f1", "recall")
             }
-            # The map users see, as the model's (model.scorer.localization_map).
             if masks is not None:
-                maps = torch.cat(
-                    [scorer.anomaly_map(chunk, reconstruct(chunk)) for chunk in test.split(CHUNK)]
-                )
-                located = pixel_metrics(maps, masks)
+                located = pixel_metrics(torch.cat(shown_maps), masks)
                 block[ref_name].update(pixel_auroc=located["pixel_auroc"], aupro=located["aupro"])
         block["pca"].update(k=pca.k, k_chosen_by=k_chosen_by)
         aurocs = {n: block[n]["auroc"] for n in references if block[n]["auroc"] is not None}
