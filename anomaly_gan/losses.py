@@ -14,6 +14,12 @@ docs/reference-code.md, sections 1–3):
 - MIFE / Baseline (Toker, Korkmaz, Sec. II.D): L2 reconstruction, BCE adversarial, L2
   encoder term (conf/loss/bce_l2.yaml).
 
+An optional fourth term, ``w_ssim * (1 - SSIM(x_hat, x))`` (off in every config), is the
+structural-similarity loss of Bergmann, Löwe, Fauser, Sattlegger, Steger, "Improving
+Unsupervised Defect Segmentation by Applying Structural Similarity to Autoencoders" (VISAPP
+2019, Sec. 3): a per-pixel L1/L2 loss lets an autoencoder blur texture it cannot place, a
+term on local means, contrasts and correlations asks for the texture's structure.
+
 Which latent pair the encoder term compares is the architecture's business (see
 ``GanAnomalyModule.latent_pair``); the loss only measures it.
 """
@@ -26,6 +32,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 Norm = Literal["l1", "l2"]
 AdversarialForm = Literal["feature_matching", "bce"]
@@ -36,6 +43,25 @@ def distance(a: Tensor, b: Tensor, norm: Norm) -> Tensor:
     if norm == "l1":
         return F.l1_loss(a, b)
     return F.mse_loss(a, b)
+
+
+def ssim_loss(reconstruction: Tensor, image: Tensor) -> Tensor:
+    """1 - SSIM (Gaussian window, sigma 1.5, 11 px), in float32 whatever the autocast.
+
+    Images normalised per image or per data set have no fixed range and are centred on 0,
+    where SSIM's luminance ratio is ill-conditioned; both images are therefore shifted by the
+    batch's minimum to [0, max - min] and that span is the dynamic range, as for pixel values
+    in [0, 1]. Both are read as detached tensors: no device synchronisation.
+    """
+    image = image.float()
+    low = image.amin().detach()
+    data_range = (image.amax().detach() - low).clamp_min(1e-6)
+    similarity = structural_similarity_index_measure(
+        reconstruction.float() - low,
+        image - low,
+        data_range=data_range,  # type: ignore[arg-type]
+    )
+    return 1.0 - similarity
 
 
 def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
@@ -60,9 +86,10 @@ class GeneratorLoss:
     reconstruction: Norm = "l1"
     adversarial: AdversarialForm = "feature_matching"
     encoder: Norm = "l2"
+    w_ssim: float = 0.0
 
     def __post_init__(self) -> None:
-        for key in ("w_adv", "w_con", "w_enc"):
+        for key in ("w_adv", "w_con", "w_enc", "w_ssim"):
             if getattr(self, key) < 0:
                 raise ValueError(f"loss.{key} must be >= 0, got {getattr(self, key)}")
         for key, allowed in (
@@ -95,20 +122,29 @@ class GeneratorLoss:
         latent_in: Tensor,
         latent_out: Tensor,
     ) -> dict[str, Tensor]:
-        """The unweighted terms, keyed by the names they are logged under (``g_*``)."""
+        """The unweighted terms, keyed by the names they are logged under (``g_*``).
+
+        ``g_ssim`` is computed (and logged) only when ``w_ssim`` is above 0.
+        """
         if self.adversarial == "feature_matching":
             adversarial = F.mse_loss(fake_features, real_features)
         else:
             adversarial = F.binary_cross_entropy_with_logits(
                 fake_logits, torch.ones_like(fake_logits)
             )
-        return {
+        terms = {
             "g_adv": adversarial,
             "g_con": distance(reconstruction, image, self.reconstruction),
             "g_enc": distance(latent_out, latent_in, self.encoder),
         }
+        if self.w_ssim > 0:
+            terms["g_ssim"] = ssim_loss(reconstruction, image)
+        return terms
 
     def total(self, terms: dict[str, Tensor]) -> Tensor:
-        return (
+        total = (
             self.w_adv * terms["g_adv"] + self.w_con * terms["g_con"] + self.w_enc * terms["g_enc"]
         )
+        if self.w_ssim > 0:
+            total = total + self.w_ssim * terms["g_ssim"]
+        return total

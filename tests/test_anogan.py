@@ -306,6 +306,8 @@ def test_debug_configs_shorten_the_search_and_leave_other_models_alone(
 def test_settings_that_do_not_fit_a_dcgan_are_refused() -> None:
     with pytest.raises(ValueError, match=r"loss=dcgan"):
         Anogan(loss={"w_adv": 1.0, "w_con": 50.0, "w_enc": 0.0, "adversarial": "bce"})
+    with pytest.raises(ValueError, match=r"loss\.w_ssim must be 0"):
+        Anogan(loss={"w_con": 0.0, "w_enc": 0.0, "adversarial": "bce", "w_ssim": 1.0})
     with pytest.raises(ValueError, match=r"corruption"):
         Anogan(corruption={"probability": 0.5})
     with pytest.raises(ValueError, match=r"model\.search_steps"):

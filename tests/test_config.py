@@ -179,12 +179,15 @@ def test_default_scorer_is_the_difference_map_config() -> None:
 def test_loss_overrides_reach_the_loss_a_model_chose(tmp_path: Path, model: str) -> None:
     cfg = _compose(tmp_path, [f"model={model}", "loss=bce_l1"])
     assert cfg.loss == _loss_file("bce_l1")
-    cfg = _compose(tmp_path, [f"model={model}", "loss.w_adv=0.25", "loss.encoder=l1"])
+    cfg = _compose(
+        tmp_path, [f"model={model}", "loss.w_adv=0.25", "loss.encoder=l1", "loss.w_ssim=2"]
+    )
     expected = _loss_file(MODEL_LOSS[model])
-    expected.w_adv, expected.encoder = 0.25, "l1"
+    expected.w_adv, expected.encoder, expected.w_ssim = 0.25, "l1", 2.0
     assert cfg.loss == expected
     module = hydra.utils.instantiate(cfg.model, _convert_="all")
     assert module.loss_fn == GeneratorLoss.from_config(OmegaConf.to_container(expected))
+    assert module.loss_fn.w_ssim == 2.0
 
 
 def test_sweep_over_models_and_loss_keys_composes_every_job(tmp_path: Path) -> None:

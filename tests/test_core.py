@@ -12,7 +12,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
+from torchmetrics.functional.image import structural_similarity_index_measure
 
+from anomaly_gan.losses import GeneratorLoss
 from anomaly_gan.models import Ganomaly, NonFiniteLossError, SkipSelfAttentionGan
 from anomaly_gan.nets import DepthwiseSeparableConv2d, dcgan_init
 from anomaly_gan.scoring import AnomalyScore
@@ -416,3 +418,33 @@ def test_validation_defects_leave_training_and_calibration_untouched() -> None:
         states.append(model.state_dict())
     for name, value in states[0].items():
         assert torch.equal(value, states[1][name]), name
+
+
+def test_ssim_term_is_off_by_default_and_asks_for_structure_when_on() -> None:
+    """``loss.w_ssim`` adds 1 - SSIM(x_hat, x) (Bergmann et al. 2019); 0 adds nothing."""
+    torch.manual_seed(0)
+    image = torch.rand(4, 3, 32, 32) * 4 - 2  # per-image normalised: no fixed range
+    blurred = torch.nn.functional.avg_pool2d(image, 5, stride=1, padding=2)
+    shifted = image + 0.05  # same structure, slightly brighter
+    zero = torch.zeros(())
+    plain = GeneratorLoss()
+    assert "g_ssim" not in plain.terms(image, blurred, zero, zero, zero, zero, zero)
+
+    loss = GeneratorLoss(w_ssim=3.0)
+    reconstruction = blurred.clone().requires_grad_(True)
+    terms = loss.terms(image, reconstruction, zero, zero, zero, zero, zero)
+    low, span = float(image.min()), float(image.max() - image.min())
+    expected = 1 - structural_similarity_index_measure(blurred - low, image - low, data_range=span)
+    assert math.isclose(float(terms["g_ssim"]), float(expected), rel_tol=1e-5)
+    total = loss.total(terms)
+    assert math.isclose(
+        float(total), float(plain.total(terms) + 3.0 * terms["g_ssim"]), rel_tol=1e-6
+    )
+    total.backward()
+    assert reconstruction.grad is not None and reconstruction.grad.abs().sum() > 0
+    # Blur loses the texture SSIM compares; a small brightness shift keeps it.
+    same = loss.terms(image, image, zero, zero, zero, zero, zero)["g_ssim"]
+    brighter = loss.terms(image, shifted, zero, zero, zero, zero, zero)["g_ssim"]
+    assert float(same) < 1e-4 < float(brighter) < 0.05 < float(terms["g_ssim"])
+    with pytest.raises(ValueError, match=r"loss\.w_ssim must be >= 0"):
+        GeneratorLoss(w_ssim=-1.0)

@@ -244,11 +244,12 @@ class Anogan(GanAnomalyModule):
             validation_defects=validation_defects,
             **core,
         )
-        if self.loss_fn.w_con or self.loss_fn.w_enc:
+        if self.loss_fn.w_con or self.loss_fn.w_enc or self.loss_fn.w_ssim:
             raise ValueError(
                 f"model=anogan trains a DCGAN: its generator has no input to reconstruct and no "
-                f"encoder, so loss.w_con and loss.w_enc must be 0 (got {self.loss_fn.w_con}, "
-                f"{self.loss_fn.w_enc}); use loss=dcgan."
+                f"encoder, so loss.w_con, loss.w_enc and loss.w_ssim must be 0 (got "
+                f"{self.loss_fn.w_con}, {self.loss_fn.w_enc}, {self.loss_fn.w_ssim}); use "
+                f"loss=dcgan."
             )
         self.generator = DcganDecoder(image_size, channels, latent_dim, base_width, max_width)
         self.discriminator = DcganDiscriminator(image_size, channels, base_width, max_width)
