@@ -6,7 +6,8 @@ docs/reference-code.md, sections 1–3):
 
 - GANomaly (Akcay, Atapour-Abarghouei, Breckon, ACCV 2018, Sec. 3): feature-matching
   adversarial term, L1 context term, L2 encoder term between the generator's two latent
-  codes; weights 1 / 50 / 1 (conf/loss/feature_matching_l1.yaml, every model's default).
+  codes; weights 1 / 50 / 1 (conf/loss/feature_matching_l1.yaml, every model's default but
+  Skip-GANomaly's, conf/loss/feature_matching_once_l1.yaml: 0 / 50 / 1).
 - Skip-GANomaly (Akcay et al., IJCNN 2019) and Skip-SA (Sun et al. 2025, Sec. 3.3, 4.2): BCE
   adversarial term, L1 context term, L2 "latent" term on the discriminator's last features
   (paper's w_lat is our w_enc); weights 1 / 50 / 1 (conf/loss/bce_l1.yaml) and 0.5 / 0.3 /

@@ -207,12 +207,14 @@ def test_hparams_rebuild_the_same_model() -> None:
 @pytest.mark.parametrize("name", WITH_PAPER_CONFIG)
 def test_default_loss_and_score_are_the_configs(name: str) -> None:
     """Without a ``loss`` or ``scorer`` every class trains ``GeneratorLoss()``: feature matching
-    + L1, 1 / 50 / 1 (conf/loss/feature_matching_l1), and scores with the difference map
+    + L1, 1 / 50 / 1 (conf/loss/feature_matching_l1), Skip-GANomaly with its D-feature term
+    once (w_adv 0, conf/loss/feature_matching_once_l1), and scores with the difference map
     (conf/model/scorer/difference_map), as every ``model=<name>`` config; the papers' losses
     and scores are ``model=<name>_paper`` (tests/test_config.py compares every hparam).
     AnoGAN, only in its paper's form, trains and scores as its paper: tests/test_anogan.py."""
     model = build(name)
-    assert model.loss_fn == GeneratorLoss(1.0, 50.0, 1.0, "l1", "feature_matching", "l2")
+    w_adv = 0.0 if name == "skip_ganomaly" else 1.0
+    assert model.loss_fn == GeneratorLoss(w_adv, 50.0, 1.0, "l1", "feature_matching", "l2")
     assert model.scorer.to_config() == dict(DEFAULT_SCORER)
 
 

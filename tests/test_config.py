@@ -23,7 +23,7 @@ from tests.conftest import CONFIG_DIR, compose_model
 MODEL_LOSS = {
     "ganomaly": "feature_matching_l1",
     "ganomaly_paper": "feature_matching_l1",
-    "skip_ganomaly": "feature_matching_l1",
+    "skip_ganomaly": "feature_matching_once_l1",
     "skip_ganomaly_paper": "bce_l1",
     "skip_sa": "feature_matching_l1",
     "skip_sa_paper": "skip_sa_paper",

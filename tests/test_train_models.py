@@ -36,6 +36,7 @@ FAST = {"anogan": ["model.search_steps=2"]}
 # one file per distinct setting.
 LOSS_FILES = {
     "feature_matching_l1": (1.0, 50.0, 1.0, "l1", "feature_matching", "l2"),
+    "feature_matching_once_l1": (0.0, 50.0, 1.0, "l1", "feature_matching", "l2"),
     "bce_l1": (1.0, 50.0, 1.0, "l1", "bce", "l2"),
     "bce_l2": (1.0, 50.0, 1.0, "l2", "bce", "l2"),
     "skip_sa_paper": (0.5, 0.3, 0.2, "l1", "bce", "l2"),
@@ -46,7 +47,7 @@ LOSS_FILES = {
 # (docs/what-works.md). Every paper setting stays a loss config of its own.
 PAPER_LOSSES = {
     "ganomaly": LOSS_FILES["feature_matching_l1"],
-    "skip_ganomaly": LOSS_FILES["feature_matching_l1"],
+    "skip_ganomaly": LOSS_FILES["feature_matching_once_l1"],
     "skip_ganomaly_paper": LOSS_FILES["bce_l1"],
     "skip_sa": LOSS_FILES["feature_matching_l1"],
     "skip_sa_paper": LOSS_FILES["skip_sa_paper"],

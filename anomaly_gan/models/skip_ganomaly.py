@@ -18,8 +18,10 @@ Defaults are the project's, those of ``model=skip_ganomaly`` (conf/model/skip_ga
 16 from 128 px; :func:`anomaly_gan.resolvers.default_base_width`), no skip connections
 (``skip_levels=()``: the U-Net's encoder and decoder without the bridges that let it copy a
 defect into the reconstruction; chosen on four real sets, docs/what-works.md; ``(-1,)``
-keeps the deepest), GANomaly's feature matching + L1 loss instead of BCE
-(``GeneratorLoss()``, conf/loss/feature_matching_l1.yaml) and the difference-map score
+keeps the deepest), GANomaly's feature matching + L1 loss instead of BCE, with the
+discriminator-feature term counted once (:attr:`SkipGanomaly.default_loss`, ``w_adv=0``,
+conf/loss/feature_matching_once_l1.yaml: here the adversarial and the latent term are the
+same quantity; chosen on four real sets, docs/what-works.md) and the difference-map score
 (:data:`anomaly_gan.scoring.DEFAULT_SCORER`). The paper setting above (width 64, every skip,
 its loss and the 0.9 / 0.1 score) is ``model=skip_ganomaly_paper``
 (conf/model/skip_ganomaly_paper.yaml).
@@ -41,6 +43,7 @@ from typing import Any
 
 from torch import Tensor
 
+from anomaly_gan.losses import GeneratorLoss
 from anomaly_gan.models.core import GanAnomalyModule, GeneratorOutput
 from anomaly_gan.nets.blocks import check_image_size
 from anomaly_gan.nets.dcgan import DcganDiscriminator, supported_dcgan_sizes
@@ -54,6 +57,10 @@ def supported_sizes() -> list[int]:
 
 class SkipGanomaly(GanAnomalyModule):
     """U-Net generator + DCGAN discriminator; latent loss on the discriminator's features."""
+
+    #: conf/loss/feature_matching_once_l1.yaml: the latent pair is D's features, so feature
+    #: matching's adversarial term would repeat the latent term; it is counted once.
+    default_loss = GeneratorLoss(w_adv=0.0)
 
     def __init__(
         self,
