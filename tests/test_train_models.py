@@ -43,8 +43,9 @@ LOSS_FILES = {
     "dcgan": (1.0, 0.0, 0.0, "l1", "bce", "l2"),
 }
 # The setting each model config trains with. Only ganomaly's default is its paper's setting;
-# the others use GANomaly's form (feature matching + L1), Skip-SA also Skip-GANomaly's weights
-# (docs/what-works.md). Every paper setting stays a loss config of its own.
+# the others use GANomaly's form (feature matching + L1) and weights, Skip-GANomaly with its
+# D-feature term counted once (w_adv 0; docs/what-works.md). Every paper setting stays a loss
+# config of its own.
 PAPER_LOSSES = {
     "ganomaly": LOSS_FILES["feature_matching_l1"],
     "skip_ganomaly": LOSS_FILES["feature_matching_once_l1"],
