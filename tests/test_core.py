@@ -438,13 +438,15 @@ def test_ssim_term_is_off_by_default_and_asks_for_structure_when_on() -> None:
     assert math.isclose(float(terms["g_ssim"].detach()), float(expected), rel_tol=1e-5)
     total = loss.total(terms)
     assert math.isclose(
-        float(total), float(plain.total(terms) + 3.0 * terms["g_ssim"]), rel_tol=1e-6
+        float(total.detach()),
+        float(plain.total(terms).detach() + 3.0 * terms["g_ssim"].detach()),
+        rel_tol=1e-6,
     )
     total.backward()
     assert reconstruction.grad is not None and reconstruction.grad.abs().sum() > 0
     # Blur loses the texture SSIM compares; a small brightness shift keeps it.
     same = loss.terms(image, image, zero, zero, zero, zero, zero)["g_ssim"]
     brighter = loss.terms(image, shifted, zero, zero, zero, zero, zero)["g_ssim"]
-    assert float(same) < 1e-4 < float(brighter) < 0.05 < float(terms["g_ssim"])
+    assert float(same) < 1e-4 < float(brighter) < 0.05 < float(terms["g_ssim"].detach())
     with pytest.raises(ValueError, match=r"loss\.w_ssim must be >= 0"):
         GeneratorLoss(w_ssim=-1.0)
