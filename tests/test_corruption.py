@@ -98,3 +98,17 @@ def test_evaluation_never_corrupts(tmp_path: Path) -> None:
     images = torch.rand(4, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.equal(clean(images), corrupting(images))
+
+
+def test_skip_ganomaly_repairs_defects_by_default_and_reloads_either_way() -> None:
+    """Skip-GANomaly's default (chosen on four real sets) pastes defects into its training
+    input; ``corruption=None`` (``model/corruption=none``, the paper config) trains on clean
+    inputs, and each setting survives the checkpoint's hparams round trip."""
+    default = SkipGanomaly(image_size=32, channels=3)
+    assert default.corruption == SyntheticDefects()
+    clean = SkipGanomaly(image_size=32, channels=3, corruption=None)
+    assert clean.corruption is None and clean.hparams["corruption"] is None
+    for model in (default, clean):
+        assert SkipGanomaly(**model.hparams).corruption == model.corruption
+    # The other architectures keep clean inputs unless asked.
+    assert Ganomaly(image_size=32, channels=3).corruption is None

@@ -21,9 +21,12 @@ defect into the reconstruction; chosen on four real sets, docs/what-works.md; ``
 keeps the deepest), GANomaly's feature matching + L1 loss instead of BCE, with the
 discriminator-feature term counted once (:attr:`SkipGanomaly.default_loss`, ``w_adv=0``,
 conf/loss/feature_matching_once_l1.yaml: here the adversarial and the latent term are the
-same quantity; chosen on four real sets, docs/what-works.md) and the difference-map score
+same quantity; chosen on four real sets, docs/what-works.md), synthetic defects pasted into
+half of the training inputs (:data:`DEFAULT_CORRUPTION`, conf/model/corruption/defects.yaml:
+the generator learns to repair what does not look normal; chosen on four real sets,
+docs/what-works.md; ``corruption=None`` trains on clean inputs) and the difference-map score
 (:data:`anomaly_gan.scoring.DEFAULT_SCORER`). The paper setting above (width 64, every skip,
-its loss and the 0.9 / 0.1 score) is ``model=skip_ganomaly_paper``
+its loss and the 0.9 / 0.1 score, clean training inputs) is ``model=skip_ganomaly_paper``
 (conf/model/skip_ganomaly_paper.yaml).
 
 Choices and fixes:
@@ -43,6 +46,7 @@ from typing import Any
 
 from torch import Tensor
 
+from anomaly_gan.corruption import SyntheticDefects
 from anomaly_gan.losses import GeneratorLoss
 from anomaly_gan.models.core import GanAnomalyModule, GeneratorOutput
 from anomaly_gan.nets.blocks import check_image_size
@@ -61,6 +65,9 @@ class SkipGanomaly(GanAnomalyModule):
     #: conf/loss/feature_matching_once_l1.yaml: the latent pair is D's features, so feature
     #: matching's adversarial term would repeat the latent term; it is counted once.
     default_loss = GeneratorLoss(w_adv=0.0)
+    #: conf/model/corruption/defects.yaml: defects in the training input unless the caller
+    #: passes ``corruption`` (``None`` or ``{}``: clean inputs, as the paper trains).
+    default_corruption = SyntheticDefects()
 
     def __init__(
         self,
@@ -71,6 +78,7 @@ class SkipGanomaly(GanAnomalyModule):
         skip_levels: Sequence[int] | None = (),
         **core: Any,
     ) -> None:
+        core.setdefault("corruption", self.default_corruption)
         super().__init__(image_size=image_size, channels=channels, **core)
         base_width = self.resolve_base_width(base_width)
         check_image_size(image_size, supported_sizes(), "Skip-GANomaly")
