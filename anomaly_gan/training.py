@@ -148,6 +148,7 @@ def _finish_wandb() -> None:
 def _config_summary(cfg: DictConfig) -> dict[str, Any]:
     data = cfg.data
     ema = (cfg.get("callbacks") or {}).get("generator_ema")
+    corruption = cfg.model.get("corruption")
     return {
         "task_name": cfg.get("task_name"),
         "model_name": _choice("model", cfg.model),
@@ -163,6 +164,8 @@ def _config_summary(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "loss": OmegaConf.to_container(cfg.loss, resolve=True),
         "scorer": OmegaConf.to_container(cfg.model.scorer, resolve=True),
+        # synthetic defects in the training input (model/corruption), None: clean inputs
+        "corruption": _without_target(corruption) if corruption else None,
         "max_epochs": cfg.trainer.get("max_epochs"),
         "max_steps": cfg.trainer.get("max_steps"),
         "iterations": cfg.get("iterations"),
@@ -172,6 +175,11 @@ def _config_summary(cfg: DictConfig) -> dict[str, Any]:
         "generator_ema": ema.get("decay") if ema else None,
         "tags": list(cfg.get("tags") or []),
     }
+
+
+def _without_target(node: DictConfig) -> dict[str, Any]:
+    container = OmegaConf.to_container(node, resolve=True)
+    return {key: value for key, value in container.items() if key != "_target_"}
 
 
 def _choose_checkpoint(trainer: L.Trainer, selection: str) -> tuple[str | None, dict[str, Any]]:

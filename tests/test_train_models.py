@@ -18,6 +18,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly_gan.corruption import SyntheticDefects
 from anomaly_gan.losses import GeneratorLoss
 from anomaly_gan.models import GanAnomalyModule
 from anomaly_gan.models.registry import ARCHITECTURES
@@ -140,6 +141,7 @@ def test_paper_configs_keep_the_published_setting(name: str) -> None:
         assert list(default.model.attention_levels) == [3, 4, 5]
     model = hydra.utils.instantiate(paper.model, _convert_="all")
     assert type(model) is ARCHITECTURES[name]
+    assert model.corruption is None  # the papers train on clean inputs
 
 
 @pytest.mark.parametrize("name", ["skip_ganomaly", "skip_sa", "mife", "baseline"])
@@ -223,6 +225,12 @@ def test_train_fast_dev_run(name: str, tmp_path: Path, cache_dir: Path) -> None:
     assert results["status"] == "completed"
     assert results["config"]["model"] == ARCHITECTURES[name].__name__
     assert results["config"]["loss"]["w_adv"] == PAPER_LOSSES[name][0]
+    # Skip-GANomaly's default repairs synthetic defects (docs/what-works.md); results say so.
+    corruption = results["config"]["corruption"]
+    if name == "skip_ganomaly":
+        assert corruption == SyntheticDefects().to_config()
+    else:
+        assert corruption is None
     assert "textile" in results["categories"]
 
 
