@@ -22,9 +22,10 @@ keeps the deepest), GANomaly's feature matching + L1 loss instead of BCE, with t
 discriminator-feature term counted once (:attr:`SkipGanomaly.default_loss`, ``w_adv=0``,
 conf/loss/feature_matching_once_l1.yaml: here the adversarial and the latent term are the
 same quantity; chosen on four real sets, docs/what-works.md), synthetic defects pasted into
-half of the training inputs (:data:`DEFAULT_CORRUPTION`, conf/model/corruption/defects.yaml:
-the generator learns to repair what does not look normal; chosen on four real sets,
-docs/what-works.md; ``corruption=None`` trains on clean inputs) and the difference-map score
+half of the training inputs (:attr:`SkipGanomaly.default_corruption`,
+conf/model/corruption/defects.yaml: the generator learns to repair what does not look
+normal; chosen on four real sets, docs/what-works.md; ``corruption=None`` trains on clean
+inputs) and the difference-map score
 (:data:`anomaly_gan.scoring.DEFAULT_SCORER`). The paper setting above (width 64, every skip,
 its loss and the 0.9 / 0.1 score, clean training inputs) is ``model=skip_ganomaly_paper``
 (conf/model/skip_ganomaly_paper.yaml).
