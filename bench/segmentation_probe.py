@@ -1,0 +1,167 @@
+"""Does a defect segmenter trained on synthetic defects beat the no-learning reference?
+
+A probe of DRAEM's discriminative idea (Zavrtanik, Kristan, Skočaj, "DRAEM — A
+discriminatively trained reconstruction embedding for surface anomaly detection", ICCV
+2021, Sec. 3.2) at this project's CPU budget: a small U-Net takes an image and, with
+``--input image+pca``, its PCA reconstruction (the reference's own, fitted on the training
+normals), and learns to segment the synthetic defects of :mod:`anomaly_gan.corruption`
+pasted into training normals (focal loss). The image score is the maximum of its
+5 × 5-averaged defect probability, as in DRAEM. Nothing here sees a test label before the
+AUROC is computed; the test images are the *selection* part, as in every lever study.
+
+    python bench/segmentation_probe.py --category magnetic_tile --iterations 1000
+
+Compare its AUROC with the PCA reference of ``bench/quality.py`` on the same part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from torchmetrics.functional.classification import binary_auroc  # noqa: E402
+
+from anomaly_gan.corruption import SyntheticDefects  # noqa: E402
+from anomaly_gan.evaluation.reference import PcaReconstruction, stack_loader  # noqa: E402
+
+#: PCA size of the reconstruction input (the reference chooses 256 on the larger grey sets).
+PCA_COMPONENTS = 256
+
+
+def _block(channels_in: int, channels_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(channels_in, channels_out, 3, padding=1),
+        nn.BatchNorm2d(channels_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(channels_out, channels_out, 3, padding=1),
+        nn.BatchNorm2d(channels_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class DefectSegmenter(nn.Module):
+    """A three-level U-Net that maps its input to one defect logit per pixel."""
+
+    def __init__(self, channels: int, width: int = 16) -> None:
+        super().__init__()
+        self.level1 = _block(channels, width)
+        self.level2 = _block(width, 2 * width)
+        self.level3 = _block(2 * width, 4 * width)
+        self.up2 = _block(6 * width, 2 * width)
+        self.up1 = _block(3 * width, width)
+        self.head = nn.Conv2d(width, 1, 1)
+
+    def forward(self, image: Tensor) -> Tensor:
+        level1 = self.level1(image)
+        level2 = self.level2(F.max_pool2d(level1, 2))
+        level3 = self.level3(F.max_pool2d(level2, 2))
+        up = self.up2(torch.cat([F.interpolate(level3, scale_factor=2), level2], 1))
+        up = self.up1(torch.cat([F.interpolate(up, scale_factor=2), level1], 1))
+        return self.head(up)
+
+
+def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    probability = torch.sigmoid(logits)
+    correct = torch.where(target > 0, probability, 1 - probability)
+    return ((1 - correct) ** gamma * bce).mean()
+
+
+def load(root: Path, category: str, selection_fraction: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Training normals, selection-part test images and their labels, exactly as
+    ``python train.py data=mvtec`` prepares them (its defaults and split seeds)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    import anomaly_gan.resolvers  # noqa: F401  (the ${ag.*} resolvers the configs use)
+
+    overrides = [
+        "data=mvtec",
+        f"data.root={root}",
+        f"data.category={category}",
+        f"data.selection_fraction={selection_fraction}",
+        "data.test_part=selection",
+        "data.num_workers=0",
+    ]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        datamodule = instantiate(compose("train", overrides=overrides).data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    train = stack_loader(DataLoader(datamodule._dataset(datamodule.train_samples), batch_size=64))
+    test_loader = datamodule.test_dataloader()
+    test_loader = test_loader[0] if isinstance(test_loader, list) else test_loader
+    test_images, test_labels, _ = stack_loader(test_loader)
+    return train[0], test_images, test_labels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--category", required=True)
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--input", choices=("image", "image+pca"), default="image+pca")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--selection-fraction", type=float, default=0.3)
+    parser.add_argument("--out", type=Path, default=None, help="append the result (JSON line)")
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    train, test_images, test_labels = load(args.root, args.category, args.selection_fraction)
+    pca = PcaReconstruction(train, PCA_COMPONENTS) if args.input == "image+pca" else None
+
+    def network_input(images: Tensor) -> Tensor:
+        return images if pca is None else torch.cat([images, pca(images)], dim=1)
+
+    channels = train.shape[1] * (1 if pca is None else 2)
+    segmenter = DefectSegmenter(channels)
+    optimizer = torch.optim.Adam(segmenter.parameters(), lr=1e-3)
+    defects = SyntheticDefects(probability=0.5)
+    generator = torch.Generator().manual_seed(args.seed)
+    started = time.perf_counter()
+    for _ in range(args.iterations):
+        clean = train[torch.randint(0, len(train), (32,), generator=generator)]
+        corrupted = defects(clean, generator)
+        target = ((corrupted - clean).abs().amax(1, keepdim=True) > 0.02).float()
+        loss = focal_loss(segmenter(network_input(corrupted)), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    segmenter.eval()
+    with torch.no_grad():
+        scores = torch.cat(
+            [
+                F.avg_pool2d(torch.sigmoid(segmenter(network_input(chunk))), 5, 1, 2)
+                .flatten(1)
+                .amax(1)
+                for chunk in test_images.split(64)
+            ]
+        )
+    result = {
+        "category": args.category,
+        "input": args.input,
+        "iterations": args.iterations,
+        "seed": args.seed,
+        "image_auroc": round(binary_auroc(scores, test_labels.int()).item(), 4),
+        "train_seconds": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(result))
+    if args.out:
+        with args.out.open("a") as handle:
+            handle.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
