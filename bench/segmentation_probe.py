@@ -79,9 +79,12 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
     return ((1 - correct) ** gamma * bce).mean()
 
 
-def load(root: Path, category: str, selection_fraction: float) -> tuple[Tensor, Tensor, Tensor]:
+def load(
+    root: Path, category: str, selection_fraction: float, seed: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Training normals, selection-part test images and their labels, exactly as
-    ``python train.py data=mvtec`` prepares them (its defaults and split seeds)."""
+    ``python train.py data=mvtec seed=<seed>`` prepares them (its defaults; the split follows
+    the seed, as in ``bench/quality.py``, so the two compare on the same images)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -94,6 +97,7 @@ def load(root: Path, category: str, selection_fraction: float) -> tuple[Tensor, 
         f"data.selection_fraction={selection_fraction}",
         "data.test_part=selection",
         "data.num_workers=0",
+        f"seed={seed}",
     ]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         datamodule = instantiate(compose("train", overrides=overrides).data)
@@ -119,7 +123,9 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
-    train, test_images, test_labels = load(args.root, args.category, args.selection_fraction)
+    train, test_images, test_labels = load(
+        args.root, args.category, args.selection_fraction, args.seed
+    )
     pca = PcaReconstruction(train, PCA_COMPONENTS) if args.input == "image+pca" else None
 
     def network_input(images: Tensor) -> Tensor:
