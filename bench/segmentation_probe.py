@@ -2,14 +2,18 @@
 
 A probe of DRAEM's discriminative idea (Zavrtanik, Kristan, Skočaj, "DRAEM — A
 discriminatively trained reconstruction embedding for surface anomaly detection", ICCV
-2021, Sec. 3.2) at this project's CPU budget: a small U-Net takes an image and, with
-``--input image+pca``, its PCA reconstruction (the reference's own, fitted on the training
-normals), and learns to segment the synthetic defects of :mod:`anomaly_gan.corruption`
-pasted into training normals (focal loss). The image score is the maximum of its
+2021, Sec. 3.2) at this project's CPU budget: a small U-Net takes an image and its
+reconstruction, and learns to segment the synthetic defects of :mod:`anomaly_gan.corruption`
+pasted into training normals (focal loss). The reconstruction is, with ``--input
+image+pca``, the PCA reconstruction of the reference (fitted on the training normals); with
+``--input image+gan``, that of a trained generator, frozen (``--run-dir``: a ``train.py`` run
+folder of the same data set and seed, whose ``results.json`` names the checkpoint it
+tested); with ``--input image``, none. The image score is the maximum of its
 5 × 5-averaged defect probability, as in DRAEM. Nothing here sees a test label before the
 AUROC is computed; the test images are the *selection* part, as in every lever study.
 
     python bench/segmentation_probe.py --category magnetic_tile --iterations 1000
+    python bench/segmentation_probe.py --category elpv --input image+gan --run-dir RUN
 
 Compare its AUROC with the PCA reference of ``bench/quality.py`` on the same part.
 """
@@ -21,6 +25,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +40,7 @@ from torchmetrics.functional.classification import binary_auroc  # noqa: E402
 
 from anomaly_gan.corruption import SyntheticDefects  # noqa: E402
 from anomaly_gan.evaluation.reference import PcaReconstruction, stack_loader  # noqa: E402
+from anomaly_gan.models.checkpoint import load_model  # noqa: E402
 
 #: PCA size of the reconstruction input (the reference chooses 256 on the larger grey sets).
 PCA_COMPONENTS = 256
@@ -111,12 +117,34 @@ def load(
     return train[0], test_images, test_labels
 
 
+def reconstruction(args: argparse.Namespace, train: Tensor) -> Callable[[Tensor], Tensor] | None:
+    """What the segmenter compares the image with (``--input``)."""
+    if args.input == "image+pca":
+        return PcaReconstruction(train, PCA_COMPONENTS)
+    if args.input == "image":
+        return None
+    results_file = (args.run_dir or Path("--run-dir not given")) / "results.json"
+    if not results_file.is_file():
+        raise SystemExit(f"--input image+gan needs --run-dir with a results.json: {results_file}")
+    results = json.loads(results_file.read_text())
+    config = results.get("config", {})
+    trained_on = (config.get("category"), config.get("seed"))
+    if trained_on != (args.category, args.seed):
+        raise SystemExit(
+            f"{results_file}: trained on {trained_on} (category, seed); this probe tests "
+            f"{(args.category, args.seed)}: pass the run of the same data set and seed"
+        )
+    model = load_model(results["checkpoint"]["path"]).model
+    return lambda images: model.generate(images).reconstruction
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--category", required=True)
     parser.add_argument("--iterations", type=int, default=300)
-    parser.add_argument("--input", choices=("image", "image+pca"), default="image+pca")
+    parser.add_argument("--input", choices=("image", "image+pca", "image+gan"), default="image+pca")
+    parser.add_argument("--run-dir", type=Path, help="with --input image+gan: a train.py run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--selection-fraction", type=float, default=0.3)
     parser.add_argument("--out", type=Path, default=None, help="append the result (JSON line)")
@@ -126,12 +154,15 @@ def main() -> None:
     train, test_images, test_labels = load(
         args.root, args.category, args.selection_fraction, args.seed
     )
-    pca = PcaReconstruction(train, PCA_COMPONENTS) if args.input == "image+pca" else None
+    reconstruct = reconstruction(args, train)
 
     def network_input(images: Tensor) -> Tensor:
-        return images if pca is None else torch.cat([images, pca(images)], dim=1)
+        if reconstruct is None:
+            return images
+        with torch.no_grad():
+            return torch.cat([images, reconstruct(images)], dim=1)
 
-    channels = train.shape[1] * (1 if pca is None else 2)
+    channels = train.shape[1] * (1 if reconstruct is None else 2)
     segmenter = DefectSegmenter(channels)
     optimizer = torch.optim.Adam(segmenter.parameters(), lr=1e-3)
     defects = SyntheticDefects(probability=0.5)
@@ -158,6 +189,7 @@ def main() -> None:
     result = {
         "category": args.category,
         "input": args.input,
+        **({"run_dir": str(args.run_dir)} if args.input == "image+gan" else {}),
         "iterations": args.iterations,
         "seed": args.seed,
         "image_auroc": round(binary_auroc(scores, test_labels.int()).item(), 4),
