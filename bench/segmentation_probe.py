@@ -123,9 +123,7 @@ def reconstruction(args: argparse.Namespace, train: Tensor) -> Callable[[Tensor]
         return PcaReconstruction(train, PCA_COMPONENTS)
     if args.input == "image":
         return None
-    results_file = (args.run_dir or Path("--run-dir not given")) / "results.json"
-    if not results_file.is_file():
-        raise SystemExit(f"--input image+gan needs --run-dir with a results.json: {results_file}")
+    results_file = args.run_dir / "results.json"
     results = json.loads(results_file.read_text())
     config = results.get("config", {})
     trained_on = (config.get("category"), config.get("seed"))
@@ -149,6 +147,12 @@ def main() -> None:
     parser.add_argument("--selection-fraction", type=float, default=0.3)
     parser.add_argument("--out", type=Path, default=None, help="append the result (JSON line)")
     args = parser.parse_args()
+    if args.input == "image+gan" and not (
+        args.run_dir and (args.run_dir / "results.json").is_file()
+    ):
+        parser.error(
+            f"--input image+gan needs --run-dir RUN with RUN/results.json (got {args.run_dir})"
+        )
 
     torch.manual_seed(args.seed)
     train, test_images, test_labels = load(
