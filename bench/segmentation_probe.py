@@ -126,11 +126,12 @@ def reconstruction(args: argparse.Namespace, train: Tensor) -> Callable[[Tensor]
     results_file = args.run_dir / "results.json"
     results = json.loads(results_file.read_text())
     config = results.get("config", {})
-    trained_on = (config.get("category"), config.get("seed"))
-    if trained_on != (args.category, args.seed):
+    trained_on = (config.get("category"), config.get("seed"), config.get("image_size"))
+    probed = (args.category, args.seed, train.shape[-1])
+    if trained_on != probed:
         raise SystemExit(
-            f"{results_file}: trained on {trained_on} (category, seed); this probe tests "
-            f"{(args.category, args.seed)}: pass the run of the same data set and seed"
+            f"{results_file}: trained on {trained_on} (category, seed, image_size); this probe "
+            f"tests {probed} (data=mvtec defaults): pass a run of the same set, seed and size"
         )
     model = load_model(results["checkpoint"]["path"]).model
     return lambda images: model.generate(images).reconstruction
