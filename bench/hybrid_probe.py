@@ -1,0 +1,175 @@
+"""Does a trained GAN add anything to the PCA reference when both are scored together?
+
+The no-learning reference (:mod:`anomaly_gan.evaluation.reference`) scores a PCA
+reconstruction of the training normals with the model's own recipe; the GAN scores its own
+reconstruction the same way. This probe asks whether the two *disagree usefully*: each image
+score is standardised by the validation normals' scores of its detector (mean and standard
+deviation, no test image involved) and the two standardised scores are summed. The honest
+reference of that sum is the same sum with the generator replaced by a no-learning
+reconstruction: PCA + PCA (the PCA reference itself) and mean image + PCA, the better of the
+two on the test set, as ``lift`` is everywhere else.
+
+It re-scores finished ``train.py`` runs (their ``results.json`` names the checkpoint tested):
+the checkpoint and the training are the run's, so the figures are what a model with this
+score would report. The data are rebuilt as ``bench/quality.py`` built them (``data=mvtec``,
+the run's category, seed and size, ``--test-part`` of the split); the probe stops if the
+GAN's own AUROC does not come out as the run reported it (other images).
+
+    python bench/quality.py --models skip_ganomaly --seeds 0 --test-part selection \
+        --work-dir /tmp/runs --out /tmp/runs.json
+    python bench/hybrid_probe.py /tmp/runs/*/skip_ganomaly_64_seed0 \
+        --out bench/results/hybrid_probe.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from anomaly_gan.evaluation.metrics import image_metrics  # noqa: E402
+from anomaly_gan.evaluation.reference import (  # noqa: E402
+    CHUNK,
+    MeanReconstruction,
+    _calibrated,
+    _error_maps,
+    fit_pca,
+    stack_loader,
+)
+from anomaly_gan.models.checkpoint import load_model  # noqa: E402
+
+#: AUROCs closer than this count as "the run's own figure, reproduced".
+REPRODUCED = 1e-4
+
+
+def load_split(
+    root: Path, category: str, seed: int, size: int, test_part: str, selection_fraction: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Training normals, validation normals, test images and labels, as ``train.py`` with the
+    bench's overrides prepares them."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    import anomaly_gan.resolvers  # noqa: F401  (the ${ag.*} resolvers the configs use)
+
+    overrides = [
+        "data=mvtec",
+        f"data.root={root}",
+        f"data.category={category}",
+        f"data.image_size={size}",
+        f"data.selection_fraction={selection_fraction}",
+        f"data.test_part={test_part}",
+        "data.num_workers=0",
+        f"seed={seed}",
+    ]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        datamodule = instantiate(compose("train", overrides=overrides).data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.setup("test")
+
+    def images_of(samples: list) -> Tensor:
+        return stack_loader(DataLoader(datamodule._dataset(samples), batch_size=CHUNK))[0]
+
+    test_loader = datamodule.test_dataloader()
+    test_loader = test_loader[0] if isinstance(test_loader, list) else test_loader
+    test_images, test_labels, _ = stack_loader(test_loader)
+    return (
+        images_of(datamodule.train_samples),
+        images_of(datamodule.val_samples or datamodule.train_samples),
+        test_images,
+        test_labels,
+    )
+
+
+def standardised(scores: Tensor, normal_scores: Tensor) -> Tensor:
+    """``scores`` in units of the validation normals' spread, from their mean."""
+    normal_scores = normal_scores.double()
+    return (scores.double() - normal_scores.mean()) / normal_scores.std().clamp_min(1e-12)
+
+
+def auroc(scores: Tensor, labels: Tensor) -> float:
+    """The project's image AUROC (scores scaled into [0, 1] first, as every run does)."""
+    return float(image_metrics(scores, labels, math.nan)["auroc"])
+
+
+def probe(run_dir: Path, args: argparse.Namespace) -> dict:
+    results = json.loads((run_dir / "results.json").read_text())
+    config = results["config"]
+    category, seed, size = config["category"], config["seed"], config["image_size"]
+    train, validation, test, labels = load_split(
+        args.root, category, seed, size, args.test_part, args.selection_fraction
+    )
+    model = load_model(results["checkpoint"]["path"]).model.eval()
+    with torch.no_grad():
+        gan_val = torch.cat([model.score(chunk)[0] for chunk in validation.split(CHUNK)])
+        gan_test = torch.cat([model.score(chunk)[0] for chunk in test.split(CHUNK)])
+    reported = results["categories"][category]["auroc"]
+    gan = auroc(gan_test, labels)
+    if abs(gan - reported) > REPRODUCED:
+        raise SystemExit(
+            f"{run_dir}: the GAN scores {gan:.4f} here but reported {reported:.4f}: these are "
+            f"not the images it was tested on (pass the --test-part and --selection-fraction "
+            "of its bench run)"
+        )
+    scorer_config = dict(model.hparams["scorer"])
+    quantile = float(model.hparams["threshold_quantile"])
+    pca, _ = fit_pca(train, validation, scorer_config, quantile)
+    standard: dict[str, Tensor] = {"gan": standardised(gan_test, gan_val)}
+    row = {
+        "run_dir": str(run_dir),
+        "model": config["model_name"],
+        "category": category,
+        "seed": seed,
+        "test_part": args.test_part,
+        "pca_k": pca.k,
+        "gan": round(gan, 4),
+    }
+    for name, reconstruct in (("pca", pca), ("mean", MeanReconstruction(train))):
+        scorer = _calibrated(scorer_config, reconstruct, validation, quantile)
+        on_val = scorer.score_error_maps(_error_maps(scorer, reconstruct, validation))
+        on_test = scorer.score_error_maps(_error_maps(scorer, reconstruct, test))
+        standard[name] = standardised(on_test, on_val)
+        row[name] = round(auroc(on_test, labels), 4)
+    row["gan+pca"] = round(auroc(standard["gan"] + standard["pca"], labels), 4)
+    row["mean+pca"] = round(auroc(standard["mean"] + standard["pca"], labels), 4)
+    row["reference"] = max(row["pca"], row["mean"])
+    row["lift"] = round(gan - row["reference"], 4)
+    # The sum's own reference: the generator replaced by PCA (PCA alone) or by the mean image.
+    row["hybrid_reference"] = max(row["pca"], row["mean+pca"])
+    row["hybrid_lift"] = round(row["gan+pca"] - row["hybrid_reference"], 4)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="train.py run folders")
+    parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--test-part", choices=("selection", "report"), default="selection")
+    parser.add_argument("--selection-fraction", type=float, default=0.3)
+    parser.add_argument("--out", type=Path, default=None, help="append each row (JSON line)")
+    args = parser.parse_args()
+    missing = [str(d) for d in args.run_dirs if not (d / "results.json").is_file()]
+    if missing:
+        parser.error(f"no results.json in: {', '.join(missing)} (pass finished train.py runs)")
+    for run_dir in args.run_dirs:
+        row = probe(run_dir, args)
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with args.out.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
