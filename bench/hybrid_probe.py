@@ -3,11 +3,11 @@
 The no-learning reference (:mod:`anomaly_gan.evaluation.reference`) scores a PCA
 reconstruction of the training normals with the model's own recipe; the GAN scores its own
 reconstruction the same way. This probe asks whether the two *disagree usefully*: each image
-score is standardised by the validation normals' scores of its detector (mean and standard
-deviation, no test image involved) and the two standardised scores are summed. The honest
-reference of that sum is the same sum with the generator replaced by a no-learning
-reconstruction: PCA + PCA (the PCA reference itself) and mean image + PCA, the better of the
-two on the test set, as ``lift`` is everywhere else.
+score is standardised by its detector's scores of the validation normals that its
+calibration held out (mean and standard deviation; no test image involved) and the two
+standardised scores are summed. The honest reference of that sum is the same sum with the
+generator replaced by a no-learning reconstruction: PCA + PCA (the PCA reference itself)
+and mean image + PCA, the better of the two on the test set, as ``lift`` is everywhere else.
 
 It re-scores finished ``train.py`` runs (their ``results.json`` names the checkpoint tested):
 the checkpoint and the training are the run's, so the figures are what a model with this
@@ -93,8 +93,14 @@ def load_split(
     )
 
 
+def held_out(validation: Tensor) -> Tensor:
+    """The validation normals a calibrated scorer did not standardise itself by (the
+    odd-numbered ones, as :meth:`AnomalyScore.calibrate` takes its threshold from them)."""
+    return validation[1::2] if validation.shape[0] >= 4 else validation
+
+
 def standardised(scores: Tensor, normal_scores: Tensor) -> Tensor:
-    """``scores`` in units of the validation normals' spread, from their mean."""
+    """``scores`` in units of the held-out validation normals' spread, from their mean."""
     normal_scores = normal_scores.double()
     return (scores.double() - normal_scores.mean()) / normal_scores.std().clamp_min(1e-12)
 
@@ -113,7 +119,7 @@ def probe(run_dir: Path, args: argparse.Namespace) -> dict:
     )
     model = load_model(results["checkpoint"]["path"]).model.eval()
     with torch.no_grad():
-        gan_val = torch.cat([model.score(chunk)[0] for chunk in validation.split(CHUNK)])
+        gan_val = torch.cat([model.score(chunk)[0] for chunk in held_out(validation).split(CHUNK)])
         gan_test = torch.cat([model.score(chunk)[0] for chunk in test.split(CHUNK)])
     reported = results["categories"][category]["auroc"]
     gan = auroc(gan_test, labels)
@@ -138,7 +144,7 @@ def probe(run_dir: Path, args: argparse.Namespace) -> dict:
     }
     for name, reconstruct in (("pca", pca), ("mean", MeanReconstruction(train))):
         scorer = _calibrated(scorer_config, reconstruct, validation, quantile)
-        on_val = scorer.score_error_maps(_error_maps(scorer, reconstruct, validation))
+        on_val = scorer.score_error_maps(_error_maps(scorer, reconstruct, held_out(validation)))
         on_test = scorer.score_error_maps(_error_maps(scorer, reconstruct, test))
         standard[name] = standardised(on_test, on_val)
         row[name] = round(auroc(on_test, labels), 4)
