@@ -21,6 +21,7 @@ on the selection part on the report part as well.
         --work-dir /tmp/runs --out /tmp/runs.json
     python bench/hybrid_probe.py /tmp/runs/*/skip_ganomaly_64_seed0 \
         --out bench/results/hybrid_probe.jsonl
+    python bench/hybrid_probe.py --summarize bench/results/hybrid_probe.jsonl
 """
 
 from __future__ import annotations
@@ -160,9 +161,73 @@ def probe(run_dir: Path, args: argparse.Namespace) -> dict:
     return row
 
 
+def summarize(rows: list[dict]) -> str:
+    """Markdown: per model and set, the GAN's and the sum's AUROC and lift (means over the
+    seeds present), per test part; then the leave-one-set-out choice on the selection part
+    (sum or GAN alone, by mean lift over the other sets) and what it does on the set left out.
+    """
+    cells: dict[tuple, list[dict]] = {}
+    for row in rows:
+        cells.setdefault((row["test_part"], row["model"], row["category"]), []).append(row)
+
+    def mean(key: str, part: str, model: str, category: str) -> float:
+        values = [r[key] for r in cells.get((part, model, category), [])]
+        return sum(values) / len(values) if values else math.nan
+
+    def cell(gan: float, hybrid: float, lift: float, hybrid_lift: float) -> str:
+        return f"{gan:.3f} / {hybrid:.3f} ({lift:+.3f} / {hybrid_lift:+.3f})"
+
+    models = sorted({r["model"] for r in rows})
+    sets = list(dict.fromkeys(r["category"] for r in rows))
+    lines = []
+    for part in ("selection", "report"):
+        lines += [
+            f"\n{part} part: GAN / GAN + PCA image AUROC (lift / lift of the sum), seeds: "
+            + ", ".join(
+                f"{m} {sorted({r['seed'] for r in rows if r['model'] == m})}" for m in models
+            ),
+            "",
+            "| model | " + " | ".join(sets) + " |",
+            "|---|" + "---|" * len(sets),
+        ]
+        for model in models:
+            lines.append(
+                f"| {model} | "
+                + " | ".join(
+                    cell(
+                        *(
+                            mean(k, part, model, c)
+                            for k in ("gan", "gan+pca", "lift", "hybrid_lift")
+                        )
+                    )
+                    for c in sets
+                )
+                + " |"
+            )
+    lines += ["", "Leave one set out (selection part): chosen setting, held-out gain of the sum"]
+    for model in models:
+        folds = []
+        for held in sets:
+            others = [c for c in sets if c != held]
+            gain = [
+                mean("hybrid_lift", "selection", model, c) - mean("lift", "selection", model, c)
+                for c in others
+            ]
+            chosen = "sum" if sum(gain) / len(gain) > 0 else "GAN"
+            held_gain = mean("hybrid_lift", "selection", model, held) - mean(
+                "lift", "selection", model, held
+            )
+            folds.append(f"{held}: {chosen} ({held_gain:+.3f})")
+        lines.append(f"- {model}: " + "; ".join(folds))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dirs", nargs="+", type=Path, help="train.py run folders")
+    parser.add_argument("run_dirs", nargs="*", type=Path, help="train.py run folders")
+    parser.add_argument(
+        "--summarize", type=Path, default=None, help="tabulate a --out file instead, run nothing"
+    )
     parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--test-part", choices=("selection", "report"), default="selection")
     parser.add_argument(
@@ -175,6 +240,11 @@ def main() -> None:
     parser.add_argument("--selection-fraction", type=float, default=0.3)
     parser.add_argument("--out", type=Path, default=None, help="append each row (JSON line)")
     args = parser.parse_args()
+    if args.summarize:
+        print(summarize([json.loads(line) for line in args.summarize.read_text().splitlines()]))
+        return
+    if not args.run_dirs:
+        parser.error("pass train.py run folders, or --summarize FILE")
     missing = [str(d) for d in args.run_dirs if not (d / "results.json").is_file()]
     if missing:
         parser.error(f"no results.json in: {', '.join(missing)} (pass finished train.py runs)")
