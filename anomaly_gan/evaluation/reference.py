@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader
 from anomaly_gan.corruption import SyntheticDefects
 from anomaly_gan.evaluation.localization import pixel_metrics
 from anomaly_gan.evaluation.metrics import image_metrics
-from anomaly_gan.scoring import AnomalyScore, separation_auroc
+from anomaly_gan.nets.pca import PcaReconstruction
+from anomaly_gan.scoring import AnomalyScore, separation_auroc, threshold_from_normals
 from anomaly_gan.tiling import TileLayout, split_tiles, stitch_tiles
 
 #: Candidate PCA sizes; those >= the number of training normals are dropped.
@@ -53,34 +54,6 @@ class MeanReconstruction:
 
     def __call__(self, images: Tensor) -> Tensor:
         return self.mean.to(images.dtype).expand_as(images)
-
-
-class PcaReconstruction:
-    """Projection onto the top ``k`` principal directions of the training normals.
-
-    The directions come from the eigen-decomposition of the N×N Gram matrix (N training
-    images), so a 256 px colour image (D ≈ 200,000 values) never needs a D×D matrix.
-    ``k`` may be lowered after fitting (the directions are nested), never raised.
-    """
-
-    def __init__(self, train: Tensor, max_components: int) -> None:
-        flat = train.flatten(1).float()  # (N, D)
-        self.mean = flat.mean(dim=0)
-        centred = flat - self.mean
-        eigenvalues, eigenvectors = torch.linalg.eigh((centred @ centred.T).double())
-        order = eigenvalues.flip(0)
-        vectors = eigenvectors.flip(1)
-        keep = int((order > order[0].clamp_min(1e-12) * 1e-9).sum())
-        keep = max(1, min(keep, max_components))
-        # (D, N) @ (N, k) / sqrt(lambda): orthonormal directions in image space.
-        self.directions = (centred.T.double() @ vectors[:, :keep]) / order[:keep].sqrt()
-        self.directions = self.directions.float()
-        self.k = keep
-
-    def __call__(self, images: Tensor) -> Tensor:
-        flat = images.flatten(1).float() - self.mean
-        basis = self.directions[:, : self.k]  # (D, k)
-        return ((flat @ basis) @ basis.T + self.mean).view_as(images).to(images.dtype)
 
 
 class TiledReconstruction:
@@ -128,6 +101,24 @@ def stack_loader(loader: Any) -> tuple[Tensor, Tensor, Tensor | None]:
         if "mask" in batch:
             masks.append(batch["mask"])
     return torch.cat(images), torch.cat(labels), torch.cat(masks) if masks else None
+
+
+def normal_images(datamodule: Any) -> tuple[Tensor, Tensor]:
+    """The training normals and the validation normals (the training normals when there
+    are none) of one of the project's data modules, (N, C, H, W) each, without augmentation."""
+    for name in ("train_samples", "val_samples", "_dataset"):
+        if not hasattr(datamodule, name):
+            raise TypeError(
+                f"{type(datamodule).__name__} has no {name}: the no-learning reference and "
+                "model.companion=pca need one of anomaly_gan.data's data modules (data=mvtec, "
+                "folder, visa, kolektor, synthetic), which list their normal images."
+            )
+
+    def images_of(samples: list[Any]) -> Tensor:
+        return stack_loader(DataLoader(datamodule._dataset(samples), batch_size=CHUNK))[0]
+
+    train = images_of(datamodule.train_samples)
+    return train, images_of(datamodule.val_samples) if datamodule.val_samples else train
 
 
 def _error_maps(scorer: AnomalyScore, reconstruct: Any, images: Tensor) -> Tensor:
@@ -184,31 +175,44 @@ def fit_pca(
     return pca, aurocs
 
 
+def standardise_by(scores: Tensor, normal_scores: Tensor) -> Tensor:
+    """``scores`` in units of ``normal_scores``' spread, from their mean (the companion sum)."""
+    normal_scores = normal_scores.float()
+    spread = normal_scores.std() if normal_scores.numel() > 1 else normal_scores.new_tensor(1.0)
+    return (scores.float() - normal_scores.mean()) / spread.clamp_min(1e-8)
+
+
 def reference_metrics(
-    datamodule: Any, scorer_config: dict[str, Any], threshold_quantile: float = 0.95
+    datamodule: Any,
+    scorer_config: dict[str, Any],
+    threshold_quantile: float = 0.95,
+    companion: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Image metrics of the mean and PCA references on every test set of ``datamodule``, and
     their pixel AUROC / AUPRO (on the map the model shows) where the test set has masks.
 
     Uses the training normals to build the reconstructions and the validation normals to
     calibrate the scorer and choose ``k``; test labels only to compute the metrics.
+    ``companion``: the model sums its score with the PCA's (``model.companion=pca``), so
+    each reference's image score is the same sum with the reference in the generator's
+    place: its own standardised score plus the PCA's (for the PCA reference, twice the
+    PCA's: the PCA reference itself). The pixel maps are the references' own either way.
     """
-
-    def images_of(samples: list[Any]) -> Tensor:
-        return stack_loader(DataLoader(datamodule._dataset(samples), batch_size=CHUNK))[0]
-
-    train = images_of(datamodule.train_samples)
-    validation = images_of(datamodule.val_samples or datamodule.train_samples)
+    train, validation = normal_images(datamodule)
     tile = datamodule.image_size if datamodule.geometry.tiled else None
     pca, selection = fit_pca(train, validation, scorer_config, threshold_quantile, tile)
     references = {
         "mean": MeanReconstruction(train),
         "pca": TiledReconstruction(pca, tile) if tile is not None else pca,
     }
-    scorers = {
-        name: _calibrated(scorer_config, reconstruct, validation, threshold_quantile)
-        for name, reconstruct in references.items()
-    }
+    scorers: dict[str, AnomalyScore] = {}
+    held_out: dict[str, Tensor] = {}  # validation normals' scores the calibration held out
+    for name, reconstruct in references.items():
+        scorers[name] = reference_scorer(scorer_config)
+        maps = _error_maps(scorers[name], reconstruct, validation)
+        held_out[name] = scorers[name].calibrate(
+            maps, torch.zeros(maps.shape[0]), threshold_quantile
+        )
     k_chosen_by = (
         "synthetic defects pasted into validation normals (AUROC per k: "
         + ", ".join(f"{c}: {a:.3f}" for c, a in selection.items())
@@ -222,6 +226,7 @@ def reference_metrics(
     ):
         test, labels, masks = stack_loader(loader)
         block: dict[str, Any] = {}
+        scores: dict[str, Tensor] = {}
         for ref_name, reconstruct in references.items():
             scorer = scorers[ref_name]
             error_maps, shown_maps = [], []
@@ -233,14 +238,26 @@ def reference_metrics(
                     shown_maps.append(
                         scorer.anomaly_map(chunk, reconstruction, scorer.standardize(error_map))
                     )
-            scores = scorer.score_error_maps(torch.cat(error_maps))
-            metrics = image_metrics(scores, labels, float(scorer.threshold))
-            block[ref_name] = {
-                key: metrics.get(key) for key in ("auroc", "average_precision", "f1", "recall")
-            }
+            scores[ref_name] = scorer.score_error_maps(torch.cat(error_maps))
+            block[ref_name] = {}
             if masks is not None:
                 located = pixel_metrics(torch.cat(shown_maps), masks)
                 block[ref_name].update(pixel_auroc=located["pixel_auroc"], aupro=located["aupro"])
+        for ref_name in references:
+            image_scores, threshold = scores[ref_name], float(scorers[ref_name].threshold)
+            if companion:
+                image_scores = standardise_by(image_scores, held_out[ref_name]) + standardise_by(
+                    scores["pca"], held_out["pca"]
+                )
+                normals = standardise_by(held_out[ref_name], held_out[ref_name])
+                normals = normals + standardise_by(held_out["pca"], held_out["pca"])
+                threshold = threshold_from_normals(normals, threshold_quantile)
+            metrics = image_metrics(image_scores, labels, threshold)
+            block[ref_name].update(
+                {key: metrics.get(key) for key in ("auroc", "average_precision", "f1", "recall")}
+            )
+        if companion:
+            block["companion"] = "pca: each reference's score is summed with the PCA's"
         block["pca"].update(k=pca.k, k_chosen_by=k_chosen_by)
         aurocs = {n: block[n]["auroc"] for n in references if block[n]["auroc"] is not None}
         best = max(aurocs, key=aurocs.__getitem__) if aurocs else None

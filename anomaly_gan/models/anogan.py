@@ -228,6 +228,12 @@ class Anogan(GanAnomalyModule):
                 "model=anogan takes no corruption: its generator maps noise, not an input "
                 "image, to an image (use model/corruption=none)."
             )
+        if core.get("companion"):
+            raise ValueError(
+                "model=anogan takes no companion: its scores come from a per-image latent "
+                "search whose scale changes with the number of search steps, so they cannot "
+                "be standardised once on validation normals (leave model.companion unset)."
+            )
         for key, value in (
             ("search_steps", search_steps),
             ("validation_search_steps", validation_search_steps),

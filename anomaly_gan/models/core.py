@@ -49,8 +49,14 @@ from anomaly_gan.models.step_checks import (
     stacked_terms,
 )
 from anomaly_gan.nets.init import dcgan_init
+from anomaly_gan.pca_companion import PcaCompanion, check_companion
 from anomaly_gan.resolvers import default_base_width
-from anomaly_gan.scoring import DEFAULT_SCORER, AnomalyScore, separation_auroc
+from anomaly_gan.scoring import (
+    DEFAULT_SCORER,
+    AnomalyScore,
+    separation_auroc,
+    threshold_from_normals,
+)
 from anomaly_gan.tiling import TileLayout, split_tiles, stitch_tiles
 
 log = logging.getLogger(__name__)
@@ -121,6 +127,11 @@ class GanAnomalyModule(L.LightningModule):
             network); worth it for long GPU runs, rarely on CPU (a 2-batch ``debug=fast``
             run took 119 s compiled against 11 s eager on 2 shared cores, same metrics).
             Measure on the GPU at hand (``bench/speed.py``) before relying on it.
+        companion: ``"pca"``: sum the model's score with the score of the no-learning PCA
+            reference, each standardised by the validation normals
+            (:mod:`anomaly_gan.pca_companion`); the PCA is fitted on the training normals
+            when training starts and saved with the weights. ``None``: the model's score
+            alone.
         channels_last: keep weights and input batches in channels-last memory format, which
             GPU tensor-core convolutions prefer (cuDNN NHWC kernels), in bf16 above all. Off
             by default everywhere: whether it pays depends on the GPU and on the
@@ -149,8 +160,10 @@ class GanAnomalyModule(L.LightningModule):
         validation_defects: bool = True,
         compile: bool = False,
         channels_last: bool = False,
+        companion: str | None = None,
     ) -> None:
         super().__init__()
+        check_companion(companion)
         if channels not in (1, 3):
             raise ValueError(f"data.channels must be 1 or 3, got {channels}")
         if not 0.0 < threshold_quantile <= 1.0:
@@ -164,6 +177,8 @@ class GanAnomalyModule(L.LightningModule):
         # inside the checkpoint with the weights they were computed for.
         self.scorer = AnomalyScore.from_config(scorer or self.default_scorer, image_size)
         self.corruption = SyntheticDefects.from_config(corruption) if corruption else None
+        #: The PCA reference summed into the score (``companion="pca"``), or None.
+        self.companion = PcaCompanion(self.scorer.to_config(), image_size) if companion else None
         self.save_hyperparameters(ignore=["loss", "scorer", "corruption"])
         # Plain dicts, so checkpoints reload without unpickling our classes.
         self.hparams["loss"] = self.loss_fn.to_config()
@@ -177,6 +192,8 @@ class GanAnomalyModule(L.LightningModule):
         self._val_localization: list[Tensor] = []
         self._defect_maps: list[Tensor] = []
         self._defect_latent: list[Tensor] = []
+        self._companion_maps: list[Tensor] = []
+        self._companion_defect_maps: list[Tensor] = []
         self.validation_defects = SyntheticDefects(probability=1.0) if validation_defects else None
         #: None: read the step's losses every step on CPU and defer the reads on an
         #: accelerator (module docstring); True / False force one way (tests use True on CPU).
@@ -189,6 +206,17 @@ class GanAnomalyModule(L.LightningModule):
         if self.sync_free_checks is not None:
             return self.sync_free_checks
         return self.device.type != "cpu"
+
+    def on_fit_start(self) -> None:
+        """Fit the PCA companion on the data module's normals (once: a resumed run keeps the
+        checkpoint's)."""
+        if self.companion is not None and not self.companion.fitted:
+            self.companion.fit_on(self.trainer.datamodule, self.hparams.threshold_quantile)
+            log.info(
+                "model.companion=pca: PCA of the training normals with k=%d (chosen on "
+                "synthetic defects in the validation normals).",
+                self.companion.pca.k,
+            )
 
     def setup(self, stage: str) -> None:
         """Apply ``channels_last`` and ``compile`` once the trainer has the model."""
@@ -327,6 +355,8 @@ class GanAnomalyModule(L.LightningModule):
         score_map = self.scorer.score_map(image, output.reconstruction)
         latent_distance = self.latent_distance(latent_in, latent_out)
         scores = self.scorer.score(latent_distance, score_map)
+        if self.companion is not None:
+            scores = self.companion.combine(scores, image)
         anomaly_map = self.scorer.anomaly_map(image, output.reconstruction, score_map)
         return scores, output, anomaly_map
 
@@ -511,12 +541,15 @@ class GanAnomalyModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_maps, self._val_latent, self._val_localization = [], [], []
         self._defect_maps, self._defect_latent = [], []
+        self._companion_maps, self._companion_defect_maps = [], []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image = self.memory_format(batch["image"])
         output, latent_in, latent_out = self.reconstruct(image)
         self._val_maps.append(self.scorer.error_map(image, output.reconstruction).detach())
         self._val_latent.append(self.latent_distance(latent_in, latent_out).detach())
+        if self.companion is not None:
+            self._companion_maps.append(self.companion.error_map(image).detach())
         if self.scorer.localization_map == "error":
             self._val_localization.append(
                 self.scorer.localization_error(image, output.reconstruction).detach()
@@ -539,6 +572,8 @@ class GanAnomalyModule(L.LightningModule):
                 self.scorer.error_map(defective, output.reconstruction).detach()
             )
             self._defect_latent.append(self.latent_distance(latent_in, latent_out).detach())
+            if self.companion is not None:
+                self._companion_defect_maps.append(self.companion.error_map(defective).detach())
 
     def on_validation_epoch_end(self) -> None:
         """Calibrate the scorer on the validation normals (:meth:`AnomalyScore.calibrate`).
@@ -552,13 +587,20 @@ class GanAnomalyModule(L.LightningModule):
         localization = (
             self.all_gather(torch.cat(self._val_localization)) if self._val_localization else None
         )
-        scores = self.scorer.calibrate(maps, latent, self.hparams.threshold_quantile, localization)
+        quantile = self.hparams.threshold_quantile
+        scores = self.scorer.calibrate(maps, latent, quantile, localization)
+        if self.companion is not None:  # the threshold is on the summed scores
+            companion_maps = self.all_gather(torch.cat(self._companion_maps))
+            companion_maps = companion_maps.reshape(-1, *companion_maps.shape[-3:])
+            scores = self.companion.calibrate(scores, companion_maps, quantile)
+            self.threshold.fill_(threshold_from_normals(scores, quantile))
         self.log("val/score", scores.mean())
         self.log("val/threshold", self.threshold.float())
         if self._defect_maps:
             self.log("val/synthetic_auroc", self._synthetic_auroc(scores))
         self._val_maps, self._val_latent, self._val_localization = [], [], []
         self._defect_maps, self._defect_latent = [], []
+        self._companion_maps, self._companion_defect_maps = [], []
 
     def _synthetic_auroc(self, normal_scores: Tensor) -> float:
         """AUROC of the calibrated scores: clean validation normals (those the calibration
@@ -568,6 +610,11 @@ class GanAnomalyModule(L.LightningModule):
         defect_scores = self.scorer.score_error_maps(
             maps.reshape(-1, *maps.shape[-3:]), latent.flatten()
         )
+        if self.companion is not None:
+            companion_maps = self.all_gather(torch.cat(self._companion_defect_maps))
+            defect_scores = self.companion.combine_maps(
+                defect_scores, companion_maps.reshape(-1, *companion_maps.shape[-3:])
+            )
         return separation_auroc(normal_scores, defect_scores)
 
     # ----------------------------------------------------------------------------- test

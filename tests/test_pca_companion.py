@@ -1,0 +1,117 @@
+"""model.companion=pca: the PCA reference summed into the score, fitted on training normals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from anomaly_gan.data import SyntheticDataModule
+from anomaly_gan.evaluation.reference import normal_images, reference_metrics
+from anomaly_gan.models import Anogan, Ganomaly
+from anomaly_gan.models.checkpoint import load_model
+from anomaly_gan.pca_companion import PcaCompanion
+from anomaly_gan.scoring import DEFAULT_SCORER
+
+
+def _datamodule(cache_dir: Path) -> SyntheticDataModule:
+    datamodule = SyntheticDataModule(
+        root=cache_dir / "synthetic_companion",
+        image_size=32,
+        channels=3,
+        n_train=40,
+        n_test_good=8,
+        n_test_per_defect=4,
+        val_fraction=0.2,
+        batch_size=16,
+        num_workers=0,
+        cache=False,
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    return L.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
+
+
+def test_companion_is_fitted_on_training_normals_and_travels_in_the_checkpoint(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    datamodule = _datamodule(cache_dir)
+    model = Ganomaly(image_size=32, channels=3, companion="pca")
+    trainer = _trainer(tmp_path)
+    trainer.fit(model, datamodule=datamodule)
+
+    train, validation = normal_images(datamodule)
+    companion = model.companion
+    assert companion is not None and companion.fitted
+    # Built from the training normals: their mean, not the validation normals'.
+    assert torch.allclose(companion.pca.mean, train.flatten(1).mean(0), atol=1e-5)
+    assert not torch.allclose(companion.pca.mean, validation.flatten(1).mean(0), atol=1e-3)
+    assert companion.pca.directions.shape[1] == companion.pca.k  # truncated to k
+    for name in ("model_center", "model_scale", "pca_center", "pca_scale"):
+        assert torch.isfinite(getattr(companion, name)), name
+    assert torch.isfinite(model.threshold)
+
+    datamodule.setup("test")
+    images = next(iter(datamodule.test_dataloader()[0]))["image"]
+    model.eval()
+    with torch.no_grad():
+        summed = model(images)
+        own = model.scorer.score(
+            model.latent_distance(*model.reconstruct(images)[1:]),
+            model.scorer.score_map(images, model.generate(images).reconstruction),
+        )
+        assert torch.allclose(summed, companion.combine(own, images))
+        assert not torch.allclose(summed, own)
+
+    checkpoint = tmp_path / "companion.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    loaded = load_model(checkpoint).model
+    assert loaded.companion is not None and loaded.companion.pca.k == companion.pca.k
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), summed, atol=1e-5)
+
+
+def test_summed_scores_of_held_out_normals_are_centred() -> None:
+    torch.manual_seed(0)
+    train, validation = torch.rand(24, 1, 32, 32), torch.rand(12, 1, 32, 32)
+    companion = PcaCompanion(dict(DEFAULT_SCORER), tile=32)
+    companion.fit(train, validation, threshold_quantile=0.95)
+    maps = companion.error_map(validation)
+    model_scores = torch.rand(6) * 10 + 3  # the model's held-out scores, any scale
+    summed = companion.calibrate(model_scores, maps, threshold_quantile=0.95)
+    # Each term is standardised by the held-out normals, so their sum is centred on 0.
+    assert summed.shape == (6,) and abs(float(summed.mean())) < 1e-4
+    assert torch.allclose(companion.combine_maps(model_scores, maps[1::2]), summed, atol=1e-5)
+
+
+def test_reference_of_a_companion_model_is_the_same_sum(cache_dir: Path) -> None:
+    datamodule = _datamodule(cache_dir)
+    datamodule.setup("test")
+    plain = reference_metrics(datamodule, dict(DEFAULT_SCORER))
+    summed = reference_metrics(datamodule, dict(DEFAULT_SCORER), companion=True)
+    for name, block in summed.items():
+        # The PCA in the generator's place gives twice the PCA's score: the same ranking.
+        assert block["pca"]["auroc"] == pytest.approx(plain[name]["pca"]["auroc"], abs=1e-6)
+        assert "companion" in block and "companion" not in plain[name]
+
+
+def test_unknown_companion_and_anogan_companion_name_the_key() -> None:
+    with pytest.raises(ValueError, match=r"model\.companion"):
+        Ganomaly(image_size=32, channels=3, companion="knn")
+    with pytest.raises(ValueError, match=r"model\.companion"):
+        Anogan(image_size=32, channels=3, companion="pca")
