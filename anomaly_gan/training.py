@@ -166,6 +166,8 @@ def _config_summary(cfg: DictConfig) -> dict[str, Any]:
         "scorer": OmegaConf.to_container(cfg.model.scorer, resolve=True),
         # synthetic defects in the training input (model/corruption), None: clean inputs
         "corruption": _without_target(corruption) if corruption else None,
+        # pca: the score is summed with the PCA reference's (model.companion), None: alone
+        "companion": cfg.model.get("companion"),
         "max_epochs": cfg.trainer.get("max_epochs"),
         "max_steps": cfg.trainer.get("max_steps"),
         "iterations": cfg.get("iterations"),

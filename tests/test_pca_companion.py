@@ -12,6 +12,7 @@ from anomaly_gan.data import SyntheticDataModule
 from anomaly_gan.evaluation.reference import normal_images, reference_metrics
 from anomaly_gan.models import Anogan, Ganomaly
 from anomaly_gan.models.checkpoint import load_model
+from anomaly_gan.onnx_export import export_onnx, verify_onnx
 from anomaly_gan.pca_companion import PcaCompanion
 from anomaly_gan.scoring import DEFAULT_SCORER
 
@@ -80,10 +81,13 @@ def test_companion_is_fitted_on_training_normals_and_travels_in_the_checkpoint(
 
     checkpoint = tmp_path / "companion.ckpt"
     trainer.save_checkpoint(checkpoint)
-    loaded = load_model(checkpoint).model
-    assert loaded.companion is not None and loaded.companion.pca.k == companion.pca.k
+    loaded = load_model(checkpoint)
+    assert loaded.model.companion is not None and loaded.model.companion.pca.k == companion.pca.k
     with torch.no_grad():
-        assert torch.allclose(loaded(images), summed, atol=1e-5)
+        assert torch.allclose(loaded.model(images), summed, atol=1e-5)
+    # The PCA and its standardisation are part of the exported graph.
+    onnx_path = export_onnx(loaded, tmp_path / "companion.onnx")
+    assert max(verify_onnx(loaded, onnx_path, batch_sizes=(3,)).values()) <= 1e-4
 
 
 def test_summed_scores_of_held_out_normals_are_centred() -> None:
