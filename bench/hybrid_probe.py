@@ -11,8 +11,8 @@ and mean image + PCA, the better of the two on the test set, as ``lift`` is ever
 
 It re-scores finished ``train.py`` runs (their ``results.json`` names the checkpoint tested):
 the checkpoint and the training are the run's, so the figures are what a model with this
-score would report. The data are rebuilt as ``bench/quality.py`` built them (``data=mvtec``,
-the run's category, seed and size, ``--test-part`` of the split); the probe stops if the
+score would report. The data are rebuilt from the checkpoint's data settings (as
+``bench/scorers.py`` does; ``--test-part`` of the split); the probe stops if the
 GAN's own AUROC does not come out as the run reported it (other images). The checkpoint and
 its calibration do not depend on the test part, so ``--test-part report`` scores a run tested
 on the selection part on the report part as well.
@@ -33,13 +33,14 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+from _common import REPO, ensure_repo_on_path, run_datamodule
+
+ensure_repo_on_path()
 
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
 from anomaly_gan.evaluation.metrics import image_metrics  # noqa: E402
 from anomaly_gan.evaluation.reference import (  # noqa: E402
@@ -48,6 +49,7 @@ from anomaly_gan.evaluation.reference import (  # noqa: E402
     _calibrated,
     _error_maps,
     fit_pca,
+    normal_images,
     stack_loader,
 )
 from anomaly_gan.models.checkpoint import load_model  # noqa: E402
@@ -57,43 +59,16 @@ REPRODUCED = 1e-4
 
 
 def load_split(
-    root: Path, category: str, seed: int, size: int, test_part: str, selection_fraction: float
+    checkpoint: Path, root: Path, test_part: str, selection_fraction: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Training normals, validation normals, test images and labels, as ``train.py`` with the
-    bench's overrides prepares them."""
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    import anomaly_gan.resolvers  # noqa: F401  (the ${ag.*} resolvers the configs use)
-
-    overrides = [
-        "data=mvtec",
-        f"data.root={root}",
-        f"data.category={category}",
-        f"data.image_size={size}",
-        f"data.selection_fraction={selection_fraction}",
-        f"data.test_part={test_part}",
-        "data.num_workers=0",
-        f"seed={seed}",
-    ]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        datamodule = instantiate(compose("train", overrides=overrides).data)
+    """Training normals, validation normals, test images and labels of the run whose
+    ``checkpoint`` this is, as it saw them (its data settings and split seeds)."""
+    datamodule = run_datamodule(checkpoint, test_part, root, None, selection_fraction)
     datamodule.prepare_data()
     datamodule.setup("fit")
     datamodule.setup("test")
-
-    def images_of(samples: list) -> Tensor:
-        return stack_loader(DataLoader(datamodule._dataset(samples), batch_size=CHUNK))[0]
-
-    test_loader = datamodule.test_dataloader()
-    test_loader = test_loader[0] if isinstance(test_loader, list) else test_loader
-    test_images, test_labels, _ = stack_loader(test_loader)
-    return (
-        images_of(datamodule.train_samples),
-        images_of(datamodule.val_samples or datamodule.train_samples),
-        test_images,
-        test_labels,
-    )
+    test_images, test_labels, _ = stack_loader(datamodule.test_dataloader()[0])
+    return *normal_images(datamodule), test_images, test_labels
 
 
 def held_out(validation: Tensor) -> Tensor:
@@ -116,11 +91,12 @@ def auroc(scores: Tensor, labels: Tensor) -> float:
 def probe(run_dir: Path, args: argparse.Namespace) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
     config = results["config"]
-    category, seed, size = config["category"], config["seed"], config["image_size"]
+    category, seed = config["category"], config["seed"]
+    checkpoint = Path(results["checkpoint"]["path"])
     train, validation, test, labels = load_split(
-        args.root, category, seed, size, args.test_part, args.selection_fraction
+        checkpoint, args.root, args.test_part, args.selection_fraction
     )
-    model = load_model(results["checkpoint"]["path"]).model.eval()
+    model = load_model(checkpoint).model.eval()
     with torch.no_grad():
         gan_val = torch.cat([model.score(chunk)[0] for chunk in held_out(validation).split(CHUNK)])
         gan_test = torch.cat([model.score(chunk)[0] for chunk in test.split(CHUNK)])
