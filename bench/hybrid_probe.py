@@ -10,8 +10,9 @@ generator replaced by a no-learning reconstruction: PCA + PCA (the PCA reference
 and mean image + PCA, the better of the two on the test set, as ``lift`` is everywhere else.
 
 It re-scores finished ``train.py`` runs (their ``results.json`` names the checkpoint tested):
-the checkpoint and the training are the run's, so the figures are what a model with this
-score would report. The data are rebuilt from the checkpoint's data settings (as
+the checkpoint and the training are the run's, so the figures are what the same run with
+``model.companion=pca`` reports (:mod:`anomaly_gan.pca_companion`, which computes this sum;
+checked on one run to 2e-6). The data are rebuilt from the checkpoint's data settings (as
 ``bench/scorers.py`` does; ``--test-part`` of the split); the probe stops if the
 GAN's own AUROC does not come out as the run reported it (other images). The checkpoint and
 its calibration do not depend on the test part, so ``--test-part report`` scores a run tested
@@ -97,6 +98,10 @@ def probe(run_dir: Path, args: argparse.Namespace) -> dict:
         checkpoint, args.root, args.test_part, args.selection_fraction
     )
     model = load_model(checkpoint).model.eval()
+    if getattr(model, "companion", None) is not None:
+        raise SystemExit(
+            f"{run_dir}: trained with model.companion=pca, its score is the sum already"
+        )
     with torch.no_grad():
         gan_val = torch.cat([model.score(chunk)[0] for chunk in held_out(validation).split(CHUNK)])
         gan_test = torch.cat([model.score(chunk)[0] for chunk in test.split(CHUNK)])
