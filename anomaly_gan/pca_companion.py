@@ -33,6 +33,7 @@ from anomaly_gan.evaluation.reference import (
     reference_scorer,
 )
 from anomaly_gan.nets.pca import PcaReconstruction
+from anomaly_gan.scoring import full_precision
 
 #: ``model.companion`` values.
 COMPANIONS = ("pca",)
@@ -98,10 +99,12 @@ class PcaCompanion(nn.Module):
         self.fit(*normal_images(datamodule), threshold_quantile)
 
     def reconstruct(self, images: Tensor) -> Tensor:
-        """The PCA reconstruction of images or of tiled frames, same shape."""
-        if tuple(images.shape[-2:]) == (self.tile, self.tile):
-            return self.pca(images)
-        return TiledReconstruction(self.pca, self.tile)(images)
+        """The PCA reconstruction of images or of tiled frames, same shape, in float32
+        (autocast off: a bf16 projection would add its own error to the map)."""
+        with full_precision(images.device.type):
+            if tuple(images.shape[-2:]) == (self.tile, self.tile):
+                return self.pca(images.float())
+            return TiledReconstruction(self.pca, self.tile)(images.float())
 
     def error_map(self, images: Tensor) -> Tensor:
         """The companion scorer's raw error maps (B, 1, H, W) of ``images``."""
