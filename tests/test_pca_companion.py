@@ -109,9 +109,13 @@ def test_reference_of_a_companion_model_is_the_same_sum(cache_dir: Path) -> None
     plain = reference_metrics(datamodule, dict(DEFAULT_SCORER))
     summed = reference_metrics(datamodule, dict(DEFAULT_SCORER), companion=True)
     for name, block in summed.items():
-        # The PCA in the generator's place gives twice the PCA's score: the same ranking.
-        assert block["pca"]["auroc"] == pytest.approx(plain[name]["pca"]["auroc"], abs=1e-6)
-        assert "companion" in block and "companion" not in plain[name]
+        # The plain references are unchanged, the sum with the mean image joins them, and
+        # the better reference is the best of the three.
+        for reference in ("mean", "pca"):
+            assert block[reference]["auroc"] == pytest.approx(plain[name][reference]["auroc"])
+        assert "companion" in block and "mean+pca" not in plain[name]
+        best = max(block[n]["auroc"] for n in ("mean", "pca", "mean+pca"))
+        assert block["auroc"] == pytest.approx(best) and block[block["best"]]["auroc"] == best
 
 
 def test_unknown_companion_and_anogan_companion_name_the_key() -> None:
