@@ -13,9 +13,10 @@ deviation of each detector's scores of the validation normals that its calibrati
 (the odd-numbered ones, as the threshold). The PCA is the reference's own
 (:func:`~anomaly_gan.evaluation.reference.fit_pca`): fitted on the training normals when
 training starts, ``k`` chosen on synthetic defects pasted into validation normals; it is
-saved in the checkpoint and exported with the model. Its honest reference is the same sum
-with the generator replaced by the mean image or by the PCA (which gives the PCA reference
-itself), so ``lift`` still says what the GAN adds.
+saved in the checkpoint and exported with the model. Its honest reference is the best
+no-learning detector of either recipe: the mean image and the PCA scored alone, and the same
+sum with the mean image in the generator's place (with the PCA there, the sum ranks as the
+PCA alone); ``lift`` still says what the GAN adds.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class PcaCompanion(nn.Module):
         (its scorer holds out the same images).
         """
         pca_scores = self.scorer.calibrate(
-            error_maps, torch.zeros(error_maps.shape[0]), threshold_quantile
+            error_maps, error_maps.new_zeros(error_maps.shape[0]), threshold_quantile
         )
         for prefix, scores in (("model", model_scores), ("pca", pca_scores)):
             scores = scores.detach().float()
