@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from anomaly_gan.evaluation.reference import (
     TiledReconstruction,
+    centre_and_spread,
     fit_pca,
     normal_images,
     reference_scorer,
@@ -50,7 +51,8 @@ def check_companion(companion: str | None) -> None:
 
 
 def standardised(scores: Tensor, center: Tensor, scale: Tensor) -> Tensor:
-    """``scores`` in units of the held-out validation normals' spread, from their mean."""
+    """``scores`` in units of the held-out validation normals' spread, from their mean (the
+    calibrated buffers: the exported graph carries them)."""
     return (scores.float() - center) / scale
 
 
@@ -88,12 +90,7 @@ class PcaCompanion(nn.Module):
             train, validation, config, threshold_quantile, self.tile if tiled else None
         )
         pca.truncate()
-        device = self.pca_center.device
-        self.pca.mean, self.pca.directions, self.pca.k = (
-            pca.mean.to(device),
-            pca.directions.to(device),
-            pca.k,
-        )
+        self.pca = pca.to(self.pca_center.device)
 
     def fit_on(self, datamodule: Any, threshold_quantile: float) -> None:
         """:meth:`fit` on the training and validation normals of ``datamodule``."""
@@ -126,10 +123,9 @@ class PcaCompanion(nn.Module):
             error_maps, error_maps.new_zeros(error_maps.shape[0]), threshold_quantile
         )
         for prefix, scores in (("model", model_scores), ("pca", pca_scores)):
-            scores = scores.detach().float()
-            spread = scores.std() if scores.numel() > 1 else scores.new_tensor(1.0)
-            getattr(self, f"{prefix}_center").fill_(float(scores.mean()))
-            getattr(self, f"{prefix}_scale").fill_(float(spread.clamp_min(1e-8)))
+            centre, spread = centre_and_spread(scores)
+            getattr(self, f"{prefix}_center").fill_(centre)
+            getattr(self, f"{prefix}_scale").fill_(spread)
         return standardised(model_scores, self.model_center, self.model_scale) + standardised(
             pca_scores, self.pca_center, self.pca_scale
         )

@@ -11,9 +11,10 @@ same sum with the mean image in the generator's place (with the PCA there, the s
 the PCA alone), as ``lift`` is everywhere else.
 
 It re-scores finished ``train.py`` runs (their ``results.json`` names the checkpoint tested):
-the checkpoint and the training are the run's, so the figures are what the same run with
-``model.companion=pca`` reports (:mod:`anomaly_gan.pca_companion`, which computes this sum;
-checked on one run to 2e-6). The data are rebuilt from the checkpoint's data settings (as
+the checkpoint and the training are the run's, and the sum and its reference are built by
+the same code as a run with ``model.companion=pca`` (:class:`~anomaly_gan.pca_companion.
+PcaCompanion`, :func:`~anomaly_gan.evaluation.reference.reference_metrics`), so the figures
+are what that run reports. The data are rebuilt from the checkpoint's data settings (as
 ``bench/scorers.py`` does; ``--test-part`` of the split); the probe stops if the
 GAN's own AUROC does not come out as the run reported it (other images). The checkpoint and
 its calibration do not depend on the test part, so ``--test-part report`` scores a run tested
@@ -33,6 +34,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,65 +49,53 @@ from torch import Tensor  # noqa: E402
 from anomaly_gan.evaluation.metrics import image_metrics  # noqa: E402
 from anomaly_gan.evaluation.reference import (  # noqa: E402
     CHUNK,
-    MeanReconstruction,
-    _calibrated,
-    _error_maps,
-    fit_pca,
     normal_images,
+    reference_metrics,
     stack_loader,
 )
 from anomaly_gan.models.checkpoint import load_model  # noqa: E402
+from anomaly_gan.pca_companion import PcaCompanion  # noqa: E402
 
 #: AUROCs closer than this count as "the run's own figure, reproduced".
 REPRODUCED = 1e-4
 
 
-def load_split(
-    checkpoint: Path, root: Path, test_part: str, selection_fraction: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Training normals, validation normals, test images and labels of the run whose
-    ``checkpoint`` this is, as it saw them (its data settings and split seeds)."""
-    datamodule = run_datamodule(checkpoint, test_part, root, None, selection_fraction)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    datamodule.setup("test")
-    test_images, test_labels, _ = stack_loader(datamodule.test_dataloader()[0])
-    return *normal_images(datamodule), test_images, test_labels
-
-
-def held_out(validation: Tensor) -> Tensor:
+def held_out(validation: Tensor, normalize_map: bool) -> Tensor:
     """The validation normals a calibrated scorer did not standardise itself by (the
     odd-numbered ones, as :meth:`AnomalyScore.calibrate` takes its threshold from them)."""
-    return validation[1::2] if validation.shape[0] >= 4 else validation
-
-
-def standardised(scores: Tensor, normal_scores: Tensor) -> Tensor:
-    """``scores`` in units of the held-out validation normals' spread, from their mean."""
-    normal_scores = normal_scores.double()
-    return (scores.double() - normal_scores.mean()) / normal_scores.std().clamp_min(1e-12)
+    return validation[1::2] if normalize_map and validation.shape[0] >= 4 else validation
 
 
 def auroc(scores: Tensor, labels: Tensor) -> float:
     """The project's image AUROC (scores scaled into [0, 1] first, as every run does)."""
-    return float(image_metrics(scores, labels, math.nan)["auroc"])
+    return round(float(image_metrics(scores, labels, math.nan)["auroc"]), 4)
+
+
+def scores_of(score: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([score(chunk) for chunk in images.split(CHUNK)])
 
 
 def probe(run_dir: Path, args: argparse.Namespace) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
     config = results["config"]
-    category, seed = config["category"], config["seed"]
+    category = config["category"]
     checkpoint = Path(results["checkpoint"]["path"])
-    train, validation, test, labels = load_split(
-        checkpoint, args.root, args.test_part, args.selection_fraction
+    # The data as the run saw them (its data settings and split seeds).
+    datamodule = run_datamodule(
+        checkpoint, args.test_part, args.root, None, args.selection_fraction
     )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    train, validation = normal_images(datamodule)
+    test, labels, _ = stack_loader(datamodule.test_dataloader()[0])
     model = load_model(checkpoint).model.eval()
     if getattr(model, "companion", None) is not None:
         raise SystemExit(
             f"{run_dir}: trained with model.companion=pca, its score is the sum already"
         )
-    with torch.no_grad():
-        gan_val = torch.cat([model.score(chunk)[0] for chunk in held_out(validation).split(CHUNK)])
-        gan_test = torch.cat([model.score(chunk)[0] for chunk in test.split(CHUNK)])
+    gan_test = scores_of(model, test)
     reported = results["categories"][category]["auroc"]
     gan = auroc(gan_test, labels)
     if args.test_part == args.run_test_part and abs(gan - reported) > REPRODUCED:
@@ -114,33 +104,35 @@ def probe(run_dir: Path, args: argparse.Namespace) -> dict:
             f"not the images it was tested on (pass the --run-test-part and "
             "--selection-fraction of its bench run)"
         )
-    scorer_config = dict(model.hparams["scorer"])
+    # The sum exactly as model.companion=pca computes it, beside this run's weights.
+    scorer_config = model.scorer.to_config()
     quantile = float(model.hparams["threshold_quantile"])
-    pca, _ = fit_pca(train, validation, scorer_config, quantile)
-    standard: dict[str, Tensor] = {"gan": standardised(gan_test, gan_val)}
+    companion = PcaCompanion(scorer_config, model.hparams["image_size"])
+    companion.fit(train, validation, quantile)
+    companion.calibrate(
+        scores_of(model, held_out(validation, model.scorer.normalize_map)),
+        scores_of(companion.error_map, validation),
+        quantile,
+    )
+    summed = scores_of(lambda chunk: companion.combine(model(chunk), chunk), test)
+    block = reference_metrics(datamodule, scorer_config, quantile, companion=True)[category]
     row = {
         "run_dir": str(run_dir),
         "model": config["model_name"],
         "category": category,
-        "seed": seed,
+        "seed": config["seed"],
         "test_part": args.test_part,
-        "pca_k": pca.k,
-        "gan": round(gan, 4),
+        "pca_k": block["pca"]["k"],
+        "gan": gan,
+        **{name: round(block[name]["auroc"], 4) for name in ("pca", "mean")},
+        "gan+pca": auroc(summed, labels),
+        "mean+pca": round(block["mean+pca"]["auroc"], 4),
     }
-    for name, reconstruct in (("pca", pca), ("mean", MeanReconstruction(train))):
-        scorer = _calibrated(scorer_config, reconstruct, validation, quantile)
-        on_val = scorer.score_error_maps(_error_maps(scorer, reconstruct, held_out(validation)))
-        on_test = scorer.score_error_maps(_error_maps(scorer, reconstruct, test))
-        standard[name] = standardised(on_test, on_val)
-        row[name] = round(auroc(on_test, labels), 4)
-    row["gan+pca"] = round(auroc(standard["gan"] + standard["pca"], labels), 4)
-    row["mean+pca"] = round(auroc(standard["mean"] + standard["pca"], labels), 4)
     row["reference"] = max(row["pca"], row["mean"])
     row["lift"] = round(gan - row["reference"], 4)
-    # The sum's reference, as model.companion=pca's block: the best of the plain mean and PCA
-    # and the same sum with the mean image in the generator's place (with the PCA there, the
-    # sum ranks as the PCA alone).
-    row["hybrid_reference"] = max(row["pca"], row["mean"], row["mean+pca"])
+    # The sum's reference is model.companion=pca's block: the best of the plain mean and PCA
+    # and the same sum with the mean image in the generator's place.
+    row["hybrid_reference"] = round(block["auroc"], 4)
     row["hybrid_lift"] = round(row["gan+pca"] - row["hybrid_reference"], 4)
     return row
 

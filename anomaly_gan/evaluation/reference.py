@@ -130,12 +130,12 @@ def _error_maps(scorer: AnomalyScore, reconstruct: Any, images: Tensor) -> Tenso
 
 def _calibrated(
     scorer_config: dict[str, Any], reconstruct: Any, normals: Tensor, quantile: float
-) -> AnomalyScore:
-    """A reference scorer calibrated on ``normals`` exactly as a model's is on validation."""
+) -> tuple[AnomalyScore, Tensor]:
+    """A reference scorer calibrated on ``normals`` exactly as a model's is on validation,
+    and its scores of the normals the calibration held out (:meth:`AnomalyScore.calibrate`)."""
     scorer = reference_scorer(scorer_config)
     maps = _error_maps(scorer, reconstruct, normals)
-    scorer.calibrate(maps, torch.zeros(maps.shape[0]), quantile)
-    return scorer
+    return scorer, scorer.calibrate(maps, maps.new_zeros(maps.shape[0]), quantile)
 
 
 def fit_pca(
@@ -168,7 +168,7 @@ def fit_pca(
     aurocs: dict[int, float] = {}
     for k in candidates:
         pca.k = k
-        scorer = _calibrated(scorer_config, reconstruct, reference, quantile)
+        scorer, _ = _calibrated(scorer_config, reconstruct, reference, quantile)
         aurocs[k] = separation_auroc(
             scorer.score_error_maps(_error_maps(scorer, reconstruct, held_out)),
             scorer.score_error_maps(_error_maps(scorer, reconstruct, corrupted)),
@@ -177,11 +177,18 @@ def fit_pca(
     return pca, aurocs
 
 
+def centre_and_spread(normal_scores: Tensor) -> tuple[float, float]:
+    """Mean and standard deviation (1 for a single score, at least 1e-8) of normals' scores:
+    what the companion sum standardises each detector's score by."""
+    normal_scores = normal_scores.detach().float()
+    spread = float(normal_scores.std()) if normal_scores.numel() > 1 else 1.0
+    return float(normal_scores.mean()), max(spread, 1e-8)
+
+
 def standardise_by(scores: Tensor, normal_scores: Tensor) -> Tensor:
     """``scores`` in units of ``normal_scores``' spread, from their mean (the companion sum)."""
-    normal_scores = normal_scores.float()
-    spread = normal_scores.std() if normal_scores.numel() > 1 else normal_scores.new_tensor(1.0)
-    return (scores.float() - normal_scores.mean()) / spread.clamp_min(1e-8)
+    centre, spread = centre_and_spread(normal_scores)
+    return (scores.float() - centre) / spread
 
 
 def reference_metrics(
@@ -210,10 +217,8 @@ def reference_metrics(
     scorers: dict[str, AnomalyScore] = {}
     held_out: dict[str, Tensor] = {}  # validation normals' scores the calibration held out
     for name, reconstruct in references.items():
-        scorers[name] = reference_scorer(scorer_config)
-        maps = _error_maps(scorers[name], reconstruct, validation)
-        held_out[name] = scorers[name].calibrate(
-            maps, torch.zeros(maps.shape[0]), threshold_quantile
+        scorers[name], held_out[name] = _calibrated(
+            scorer_config, reconstruct, validation, threshold_quantile
         )
     k_chosen_by = (
         "synthetic defects pasted into validation normals (AUROC per k: "
