@@ -17,6 +17,14 @@ saved in the checkpoint and exported with the model. Its honest reference is the
 no-learning detector of either recipe: the mean image and the PCA scored alone, and the same
 sum with the mean image in the generator's place (with the PCA there, the sum ranks as the
 PCA alone); ``lift`` still says what the GAN adds.
+
+With ``model.companion=auto`` the PCA term is summed in only where it helps on data the run
+may look at: at every validation the model's score alone and the sum are each asked to
+separate the clean validation normals from copies with synthetic defects pasted in
+(``val/synthetic_auroc``, no test image), and the PCA's weight is set to 1 when the sum
+separates them better, to 0 otherwise. The PCA helped on two of four real sets and hurt on
+the other two (docs/what-works.md); ``auto`` is the label-free way to choose per set. The
+choice and the two AUROCs it was made on are buffers, saved with each checkpoint.
 """
 
 from __future__ import annotations
@@ -35,18 +43,28 @@ from anomaly_gan.evaluation.reference import (
     reference_scorer,
 )
 from anomaly_gan.nets.pca import PcaReconstruction
-from anomaly_gan.scoring import full_precision
+from anomaly_gan.scoring import full_precision, separation_auroc
 
-#: ``model.companion`` values.
-COMPANIONS = ("pca",)
+#: ``model.companion`` values: always sum the PCA's score in, or only where the validation's
+#: synthetic defects say the sum separates better (module docstring).
+COMPANIONS = ("pca", "auto")
+
+#: Buffers a checkpoint written before they existed lacks, and their values then
+#: (``companion=pca`` always summed the PCA in).
+LATER_BUFFERS = {
+    "pca_weight": 1.0,
+    "synthetic_auroc_model": math.nan,
+    "synthetic_auroc_with_pca": math.nan,
+}
 
 
 def check_companion(companion: str | None) -> None:
     """Raise an actionable error for an unknown ``model.companion``."""
     if companion is not None and companion not in COMPANIONS:
         raise ValueError(
-            f"model.companion must be null (the model's score alone) or one of "
-            f"{', '.join(COMPANIONS)}, got {companion!r}"
+            f"model.companion must be null (the model's score alone), pca (summed with the "
+            f"PCA reference's score) or auto (summed only where the validation's synthetic "
+            f"defects say it helps), got {companion!r}"
         )
 
 
@@ -64,17 +82,31 @@ class PcaCompanion(nn.Module):
             reconstruction with a copy of them (no latent term).
         tile: the model's input side: frames larger than it (``data.resize=tile``) are
             reconstructed tile by tile, as the model and the reference do.
+        choose: ``model.companion=auto``: :meth:`choose_weight` sets the PCA's weight at
+            each validation; otherwise it stays 1 (``pca``).
     """
 
-    def __init__(self, scorer_config: dict[str, Any], tile: int) -> None:
+    def __init__(self, scorer_config: dict[str, Any], tile: int, choose: bool = False) -> None:
         super().__init__()
         self.pca = PcaReconstruction()
         self.scorer = reference_scorer(scorer_config)
         self.tile = tile
+        self.choose = choose
         #: How ``k`` was chosen (the validation AUROC of every ``k`` tried); not saved.
         self.selection: dict[int, float] = {}
         for name in ("model_center", "model_scale", "pca_center", "pca_scale"):
             self.register_buffer(name, torch.tensor(math.nan))
+        # The PCA term's weight (1: summed in, 0: the model's score alone) and, under
+        # ``choose``, the synthetic-defect AUROCs it was chosen on.
+        for name, value in LATER_BUFFERS.items():
+            self.register_buffer(name, torch.tensor(value))
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        for name, value in LATER_BUFFERS.items():
+            state_dict.setdefault(prefix + name, torch.tensor(value))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def fitted(self) -> bool:
@@ -112,7 +144,8 @@ class PcaCompanion(nn.Module):
     def calibrate(
         self, model_scores: Tensor, error_maps: Tensor, threshold_quantile: float
     ) -> Tensor:
-        """Calibrate on the validation normals and return their summed held-out scores.
+        """Calibrate on the validation normals and return their held-out standardised
+        scores (B, 2): the model's and the PCA's (:meth:`total` sums them).
 
         ``model_scores``: the model's scores of the validation normals its own calibration
         held out (what :meth:`AnomalyScore.calibrate` returns); ``error_maps``: this
@@ -126,16 +159,59 @@ class PcaCompanion(nn.Module):
             centre, spread = centre_and_spread(scores)
             getattr(self, f"{prefix}_center").fill_(centre)
             getattr(self, f"{prefix}_scale").fill_(spread)
-        return standardised(model_scores, self.model_center, self.model_scale) + standardised(
-            pca_scores, self.pca_center, self.pca_scale
+        return self._stacked(model_scores, pca_scores)
+
+    def _stacked(self, model_scores: Tensor, pca_scores: Tensor) -> Tensor:
+        return torch.stack(
+            [
+                standardised(model_scores, self.model_center, self.model_scale),
+                standardised(pca_scores, self.pca_center, self.pca_scale),
+            ],
+            dim=1,
         )
+
+    def standardised_parts(self, model_scores: Tensor, error_maps: Tensor) -> Tensor:
+        """The model's and the PCA's standardised scores (B, 2), from the model's scores and
+        this companion's raw error maps."""
+        return self._stacked(model_scores, self.scorer.score_error_maps(error_maps))
+
+    def total(self, parts: Tensor) -> Tensor:
+        """The image score (B,): the model's standardised score plus the PCA's, weighted."""
+        return parts[:, 0] + self.pca_weight * parts[:, 1]
+
+    @torch.no_grad()
+    def choose_weight(self, normal_parts: Tensor, defect_parts: Tensor) -> None:
+        """``companion=auto``: sum the PCA in only if the sum separates the held-out clean
+        validation normals from the synthetic-defect copies better than the model alone.
+
+        ``normal_parts``/``defect_parts``: :meth:`calibrate`'s and :meth:`standardised_parts`'
+        (B, 2) of the two groups. A tie keeps the model's score alone.
+        """
+        alone = separation_auroc(normal_parts[:, 0], defect_parts[:, 0])
+        summed = separation_auroc(normal_parts.sum(1), defect_parts.sum(1))
+        self.synthetic_auroc_model.fill_(alone)
+        self.synthetic_auroc_with_pca.fill_(summed)
+        self.pca_weight.fill_(1.0 if summed > alone else 0.0)
+
+    def summary(self) -> dict[str, Any]:
+        """What ``results.json`` says about the companion of the tested checkpoint."""
+        summary: dict[str, Any] = {
+            "mode": "auto" if self.choose else "pca",
+            "pca_k": self.pca.k if self.fitted else None,
+            "pca_summed": bool(self.pca_weight > 0),
+        }
+        if self.choose:
+            summary["chosen_by"] = (
+                "val/synthetic_auroc of the clean held-out validation normals against "
+                "copies with synthetic defects (no test image): the model's score alone "
+                f"{float(self.synthetic_auroc_model):.4f}, with the PCA's summed in "
+                f"{float(self.synthetic_auroc_with_pca):.4f}"
+            )
+        return summary
 
     def combine_maps(self, model_scores: Tensor, error_maps: Tensor) -> Tensor:
         """Summed scores (B,) from the model's scores and this companion's raw error maps."""
-        pca_scores = self.scorer.score_error_maps(error_maps)
-        return standardised(model_scores, self.model_center, self.model_scale) + standardised(
-            pca_scores, self.pca_center, self.pca_scale
-        )
+        return self.total(self.standardised_parts(model_scores, error_maps))
 
     def combine(self, model_scores: Tensor, images: Tensor) -> Tensor:
         """Summed scores (B,) of ``images``, given the model's own scores of them."""

@@ -36,6 +36,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -43,6 +44,7 @@ from _common import REPO, ensure_repo_on_path, run_datamodule
 
 ensure_repo_on_path()
 
+import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
@@ -116,6 +118,7 @@ def probe(run_dir: Path, args: argparse.Namespace) -> dict:
     )
     summed = scores_of(lambda chunk: companion.combine(model(chunk), chunk), test)
     block = reference_metrics(datamodule, scorer_config, quantile, companion=True)[category]
+    choice = auto_choice(model, companion, datamodule)
     row = {
         "run_dir": str(run_dir),
         "model": config["model_name"],
@@ -134,7 +137,33 @@ def probe(run_dir: Path, args: argparse.Namespace) -> dict:
     # and the same sum with the mean image in the generator's place.
     row["hybrid_reference"] = round(block["auroc"], 4)
     row["hybrid_lift"] = round(row["gan+pca"] - row["hybrid_reference"], 4)
+    # model.companion=auto: the sum where the validation's synthetic defects chose it.
+    row.update(choice)
+    row["auto"] = row["gan+pca"] if choice["auto_summed"] else row["gan"]
+    row["auto_lift"] = round(row["auto"] - row["hybrid_reference"], 4)
     return row
+
+
+def auto_choice(model: Any, companion: PcaCompanion, datamodule: Any) -> dict[str, Any]:
+    """What ``model.companion=auto`` chooses for this checkpoint, made as a run makes it:
+    one Lightning validation pass with the companion attached (the model's own synthetic
+    defects, calibration and :meth:`PcaCompanion.choose_weight`). No test image is used."""
+    companion.choose = True
+    model.companion = companion
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    return {
+        "synthetic_gan": round(float(companion.synthetic_auroc_model), 4),
+        "synthetic_gan+pca": round(float(companion.synthetic_auroc_with_pca), 4),
+        "auto_summed": bool(companion.pca_weight > 0),
+    }
 
 
 def summarize(rows: list[dict]) -> str:
@@ -180,6 +209,28 @@ def summarize(rows: list[dict]) -> str:
                 )
                 + " |"
             )
+    auto_rows = [r for r in rows if "auto" in r]
+    if auto_rows:
+        lines += [
+            "",
+            "model.companion=auto (chosen per run on the validation's synthetic defects, no "
+            "test label): GAN / auto image AUROC (times the sum was chosen / runs)",
+        ]
+        for part in ("selection", "report"):
+            lines += ["", f"{part} part", "", "| model | " + " | ".join(sets) + " |"]
+            lines.append("|---|" + "---|" * len(sets))
+            for model in models:
+                entries = []
+                for c in sets:
+                    runs = [r for r in cells.get((part, model, c), []) if "auto" in r]
+                    if not runs:
+                        entries.append("")
+                        continue
+                    gan = sum(r["gan"] for r in runs) / len(runs)
+                    auto = sum(r["auto"] for r in runs) / len(runs)
+                    summed = sum(r["auto_summed"] for r in runs)
+                    entries.append(f"{gan:.3f} / {auto:.3f} ({summed}/{len(runs)})")
+                lines.append(f"| {model} | " + " | ".join(entries) + " |")
     lines += ["", "Leave one set out (selection part): chosen setting, held-out gain of the sum"]
     for model in models:
         folds = []

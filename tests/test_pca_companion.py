@@ -1,4 +1,5 @@
-"""model.companion=pca: the PCA reference summed into the score, fitted on training normals."""
+"""model.companion=pca|auto: the PCA reference summed into the score, fitted on training
+normals; ``auto`` sums it in only where the validation's synthetic defects say it helps."""
 
 from __future__ import annotations
 
@@ -97,7 +98,8 @@ def test_summed_scores_of_held_out_normals_are_centred() -> None:
     companion.fit(train, validation, threshold_quantile=0.95)
     maps = companion.error_map(validation)
     model_scores = torch.rand(6) * 10 + 3  # the model's held-out scores, any scale
-    summed = companion.calibrate(model_scores, maps, threshold_quantile=0.95)
+    parts = companion.calibrate(model_scores, maps, threshold_quantile=0.95)
+    summed = companion.total(parts)
     # Each term is standardised by the held-out normals, so their sum is centred on 0.
     assert summed.shape == (6,) and abs(float(summed.mean())) < 1e-4
     assert torch.allclose(companion.combine_maps(model_scores, maps[1::2]), summed, atol=1e-5)
@@ -123,3 +125,54 @@ def test_unknown_companion_and_anogan_companion_name_the_key() -> None:
         Ganomaly(image_size=32, channels=3, companion="knn")
     with pytest.raises(ValueError, match=r"model\.companion"):
         Anogan(image_size=32, channels=3, companion="pca")
+    with pytest.raises(ValueError, match=r"model\.validation_defects"):
+        Ganomaly(image_size=32, channels=3, companion="auto", validation_defects=False)
+
+
+def test_auto_sums_the_pca_in_only_where_it_separates_synthetic_defects_better() -> None:
+    torch.manual_seed(0)
+    companion = PcaCompanion(dict(DEFAULT_SCORER), tile=32, choose=True)
+    normals, noise = torch.randn(40, 2), torch.randn(40, 2)
+    # The PCA separates the pasted defects, the model does not: the sum is kept.
+    companion.choose_weight(normals, noise + torch.tensor([0.0, 3.0]))
+    assert float(companion.pca_weight) == 1.0
+    assert float(companion.synthetic_auroc_with_pca) > float(companion.synthetic_auroc_model)
+    assert torch.allclose(companion.total(normals), normals.sum(1))
+    # The model separates them and the PCA ranks them backwards: the model's score alone.
+    companion.choose_weight(normals, noise + torch.tensor([3.0, -3.0]))
+    assert float(companion.pca_weight) == 0.0
+    assert torch.allclose(companion.total(normals), normals[:, 0])
+    summary = companion.summary()
+    assert summary["mode"] == "auto" and summary["pca_summed"] is False
+    assert f"{float(companion.synthetic_auroc_model):.4f}" in summary["chosen_by"]
+
+
+def test_auto_choice_is_made_at_validation_and_saved_with_the_checkpoint(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    datamodule = _datamodule(cache_dir)
+    model = Ganomaly(image_size=32, channels=3, companion="auto")
+    trainer = _trainer(tmp_path)
+    trainer.fit(model, datamodule=datamodule)
+    companion = model.companion
+    assert companion is not None and companion.choose
+    metrics = trainer.callback_metrics
+    alone, summed = metrics["val/synthetic_auroc_model"], metrics["val/synthetic_auroc_with_pca"]
+    assert float(metrics["val/pca_weight"]) == float(summed > alone)
+    # The logged synthetic AUROC is the chosen score's.
+    assert float(metrics["val/synthetic_auroc"]) == pytest.approx(float(max(alone, summed)))
+
+    checkpoint = tmp_path / "auto.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    loaded = load_model(checkpoint).model
+    assert loaded.companion is not None and loaded.companion.choose
+    for name in ("pca_weight", "synthetic_auroc_model", "synthetic_auroc_with_pca"):
+        assert torch.equal(getattr(loaded.companion, name), getattr(companion, name)), name
+    # A checkpoint written before the choice existed (companion=pca) still loads, summed.
+    state = torch.load(checkpoint, weights_only=False)
+    for name in ("pca_weight", "synthetic_auroc_model", "synthetic_auroc_with_pca"):
+        del state["state_dict"][f"companion.{name}"]
+    state["hyper_parameters"]["companion"] = "pca"
+    torch.save(state, tmp_path / "old.ckpt")
+    old = load_model(tmp_path / "old.ckpt").model
+    assert old.companion is not None and float(old.companion.pca_weight) == 1.0

@@ -93,8 +93,11 @@ class TestEvaluator(Callback):
             index: names[index] if index < len(names) else f"test_{index}"
             for index in sorted(self._outputs)
         }
+        companion = getattr(pl_module, "companion", None)
         for index, name in named.items():
             metrics = self._outputs[index].evaluate(threshold)
+            if companion is not None:  # whether the PCA was summed in, and what chose it
+                metrics["companion"] = companion.summary()
             self.results[name] = metrics
             for key, value in metrics.items():
                 if isinstance(value, float):

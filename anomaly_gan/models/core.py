@@ -130,8 +130,10 @@ class GanAnomalyModule(L.LightningModule):
         companion: ``"pca"``: sum the model's score with the score of the no-learning PCA
             reference, each standardised by the validation normals
             (:mod:`anomaly_gan.pca_companion`); the PCA is fitted on the training normals
-            when training starts and saved with the weights. ``None``: the model's score
-            alone.
+            when training starts and saved with the weights. ``"auto"``: the same, but the
+            PCA's score is summed in only when, at validation, the sum separates the
+            synthetic defects better than the model alone (needs ``validation_defects``).
+            ``None``: the model's score alone.
         channels_last: keep weights and input batches in channels-last memory format, which
             GPU tensor-core convolutions prefer (cuDNN NHWC kernels), in bf16 above all. Off
             by default everywhere: whether it pays depends on the GPU and on the
@@ -164,6 +166,11 @@ class GanAnomalyModule(L.LightningModule):
     ) -> None:
         super().__init__()
         check_companion(companion)
+        if companion == "auto" and not validation_defects:
+            raise ValueError(
+                "model.companion=auto chooses on the validation's synthetic defects, but "
+                "model.validation_defects is false: set it true, or use model.companion=pca"
+            )
         if channels not in (1, 3):
             raise ValueError(f"data.channels must be 1 or 3, got {channels}")
         if not 0.0 < threshold_quantile <= 1.0:
@@ -177,8 +184,12 @@ class GanAnomalyModule(L.LightningModule):
         # inside the checkpoint with the weights they were computed for.
         self.scorer = AnomalyScore.from_config(scorer or self.default_scorer, image_size)
         self.corruption = SyntheticDefects.from_config(corruption) if corruption else None
-        #: The PCA reference summed into the score (``companion="pca"``), or None.
-        self.companion = PcaCompanion(self.scorer.to_config(), image_size) if companion else None
+        #: The PCA reference summed into the score (``companion``), or None.
+        self.companion = (
+            PcaCompanion(self.scorer.to_config(), image_size, choose=companion == "auto")
+            if companion
+            else None
+        )
         self.save_hyperparameters(ignore=["loss", "scorer", "corruption"])
         # Plain dicts, so checkpoints reload without unpickling our classes.
         self.hparams["loss"] = self.loss_fn.to_config()
@@ -213,8 +224,9 @@ class GanAnomalyModule(L.LightningModule):
         if self.companion is not None and not self.companion.fitted:
             self.companion.fit_on(self.trainer.datamodule, self.hparams.threshold_quantile)
             log.info(
-                "model.companion=pca: PCA of the training normals with k=%d (chosen on "
+                "model.companion=%s: PCA of the training normals with k=%d (chosen on "
                 "synthetic defects in the validation normals).",
+                self.hparams.companion,
                 self.companion.pca.k,
             )
 
@@ -589,33 +601,45 @@ class GanAnomalyModule(L.LightningModule):
         )
         quantile = self.hparams.threshold_quantile
         scores = self.scorer.calibrate(maps, latent, quantile, localization)
+        defect_scores = self._defect_scores() if self._defect_maps else None
         if self.companion is not None:  # the threshold is on the summed scores
-            companion_maps = self.all_gather(torch.cat(self._companion_maps))
-            companion_maps = companion_maps.reshape(-1, *companion_maps.shape[-3:])
-            scores = self.companion.calibrate(scores, companion_maps, quantile)
+            normal_parts = self.companion.calibrate(
+                scores, self._gathered_maps(self._companion_maps), quantile
+            )
+            if defect_scores is not None:
+                defect_parts = self.companion.standardised_parts(
+                    defect_scores, self._gathered_maps(self._companion_defect_maps)
+                )
+                if self.companion.choose:
+                    self.companion.choose_weight(normal_parts, defect_parts)
+                    self.log("val/synthetic_auroc_model", self.companion.synthetic_auroc_model)
+                    self.log(
+                        "val/synthetic_auroc_with_pca", self.companion.synthetic_auroc_with_pca
+                    )
+                    self.log("val/pca_weight", self.companion.pca_weight)
+                defect_scores = self.companion.total(defect_parts)
+            scores = self.companion.total(normal_parts)
             self.threshold.fill_(threshold_from_normals(scores, quantile))
         self.log("val/score", scores.mean())
         self.log("val/threshold", self.threshold.float())
-        if self._defect_maps:
-            self.log("val/synthetic_auroc", self._synthetic_auroc(scores))
+        if defect_scores is not None:
+            # The calibrated scores: the clean normals the calibration held out for the
+            # threshold against every validation image with pasted defects.
+            self.log("val/synthetic_auroc", separation_auroc(scores, defect_scores))
         self._val_maps, self._val_latent, self._val_localization = [], [], []
         self._defect_maps, self._defect_latent = [], []
         self._companion_maps, self._companion_defect_maps = [], []
 
-    def _synthetic_auroc(self, normal_scores: Tensor) -> float:
-        """AUROC of the calibrated scores: clean validation normals (those the calibration
-        held out for the threshold) against every validation image with pasted defects."""
-        maps = self.all_gather(torch.cat(self._defect_maps))
+    def _gathered_maps(self, maps: list[Tensor]) -> Tensor:
+        gathered = self.all_gather(torch.cat(maps))
+        return gathered.reshape(-1, *gathered.shape[-3:])
+
+    def _defect_scores(self) -> Tensor:
+        """The model's own calibrated scores of the validation images with pasted defects."""
         latent = self.all_gather(torch.cat(self._defect_latent))
-        defect_scores = self.scorer.score_error_maps(
-            maps.reshape(-1, *maps.shape[-3:]), latent.flatten()
+        return self.scorer.score_error_maps(
+            self._gathered_maps(self._defect_maps), latent.flatten()
         )
-        if self.companion is not None:
-            companion_maps = self.all_gather(torch.cat(self._companion_defect_maps))
-            defect_scores = self.companion.combine_maps(
-                defect_scores, companion_maps.reshape(-1, *companion_maps.shape[-3:])
-            )
-        return separation_auroc(normal_scores, defect_scores)
 
     # ----------------------------------------------------------------------------- test
     def test_step(
