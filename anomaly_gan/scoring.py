@@ -486,8 +486,9 @@ class AnomalyScore(nn.Module):
         # float32 statistics whatever the maps' dtype: the buffers keep theirs (float32).
         maps = error_maps.reshape(-1, *error_maps.shape[-3:]).float()
         latent = latent_distances.flatten().float()
-        if self.normalize_map and maps.shape[0] >= 4:
-            reference, held_out = maps[0::2], slice(1, None, 2)
+        held_out = self.held_out(maps.shape[0])
+        if held_out != slice(None):
+            reference = maps[0::2]
             self._store("map_mean", reference.mean(dim=0, keepdim=True))
             spread = reference.std(dim=0, keepdim=True)
             # A floor (map_std_floor) keeps pixels that barely vary (padding, saturation,
@@ -498,6 +499,14 @@ class AnomalyScore(nn.Module):
         scores = self.score(latent, self.standardize(maps))
         self.threshold.fill_(threshold_from_normals(scores, threshold_quantile))
         return scores
+
+    def held_out(self, count: int) -> slice:
+        """Which of ``count`` validation normals :meth:`calibrate` scores and takes the
+        threshold from: with ``normalize_map`` (and at least 4 images) the odd-numbered ones,
+        since the even-numbered ones set the per-pixel statistics; otherwise all of them.
+        Anything compared with those scores (synthetic-defect copies) must come from the
+        same images: a copy of an image the statistics came from scores optimistically low."""
+        return slice(1, None, 2) if self.normalize_map and count >= 4 else slice(None)
 
     def map_scale(self) -> float | None:
         """The anomaly-map value an overlay colours full red, or None (each overlay by its

@@ -20,6 +20,11 @@ GAN's own AUROC does not come out as the run reported it (other images). The che
 its calibration do not depend on the test part, so ``--test-part report`` scores a run tested
 on the selection part on the report part as well.
 
+Each row also says what ``model.companion=auto`` would choose for the checkpoint (one
+Lightning validation pass with the companion attached: the model's own synthetic defects in
+the validation normals, no test image) and its AUROC (``auto``: the sum where it chose the
+sum, else the GAN alone).
+
     python bench/quality.py --models skip_ganomaly --seeds 0 --test-part selection \
         --work-dir /tmp/runs --out /tmp/runs.json
     python bench/hybrid_probe.py /tmp/runs/*/skip_ganomaly_64_seed0 \
@@ -60,12 +65,6 @@ from anomaly_gan.pca_companion import PcaCompanion  # noqa: E402
 
 #: AUROCs closer than this count as "the run's own figure, reproduced".
 REPRODUCED = 1e-4
-
-
-def held_out(validation: Tensor, normalize_map: bool) -> Tensor:
-    """The validation normals a calibrated scorer did not standardise itself by (the
-    odd-numbered ones, as :meth:`AnomalyScore.calibrate` takes its threshold from them)."""
-    return validation[1::2] if normalize_map and validation.shape[0] >= 4 else validation
 
 
 def auroc(scores: Tensor, labels: Tensor) -> float:
@@ -112,7 +111,7 @@ def probe(run_dir: Path, args: argparse.Namespace) -> dict:
     companion = PcaCompanion(scorer_config, model.hparams["image_size"])
     companion.fit(train, validation, quantile)
     companion.calibrate(
-        scores_of(model, held_out(validation, model.scorer.normalize_map)),
+        scores_of(model, validation[model.scorer.held_out(validation.shape[0])]),
         scores_of(companion.error_map, validation),
         quantile,
     )

@@ -450,3 +450,41 @@ def test_ssim_term_is_off_by_default_and_asks_for_structure_when_on() -> None:
     assert float(same) < 1e-4 < float(brighter) < 0.05 < float(terms["g_ssim"].detach())
     with pytest.raises(ValueError, match=r"loss\.w_ssim must be >= 0"):
         GeneratorLoss(w_ssim=-1.0)
+
+
+def test_synthetic_auroc_pastes_defects_only_into_the_held_out_validation_normals() -> None:
+    """``val/synthetic_auroc`` compares the clean validation normals the calibration held out
+    with defect copies of *the same* images. Copies of the images the per-pixel statistics
+    came from would score optimistically low (on a 5-image set that alone gave 0.1–0.3)."""
+    from torch.utils.data import TensorDataset
+
+    from anomaly_gan.models.core import VALIDATION_DEFECT_SEED
+    from anomaly_gan.scoring import separation_auroc
+
+    class Batches(TensorDataset):
+        def __getitem__(self, index):  # the data modules' dict batches
+            return {"image": super().__getitem__(index)[0]}
+
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    L.seed_everything(0)
+    model = Ganomaly(image_size=32, channels=3)
+    assert model.scorer.held_out(6) == slice(1, None, 2) and model.scorer.held_out(3) == slice(None)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    loader = DataLoader(Batches(images), batch_size=6)  # one batch: one defect seed
+    trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
+    model.eval()
+    seeded = torch.Generator().manual_seed(VALIDATION_DEFECT_SEED)
+    with torch.no_grad():
+        defective = model.validation_defects(images, generator=seeded)
+        clean, copies = model(images[1::2]), model(defective[1::2])
+        every_copy = model(defective)
+    logged = float(trainer.callback_metrics["val/synthetic_auroc"])
+    assert logged == pytest.approx(separation_auroc(clean, copies), abs=1e-6)
+    assert separation_auroc(clean, every_copy) != pytest.approx(logged, abs=1e-6)

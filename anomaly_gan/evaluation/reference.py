@@ -268,8 +268,9 @@ def reference_metrics(
             metrics = image_metrics(summed, labels, threshold)
             block["mean+pca"] = {key: metrics.get(key) for key in IMAGE_KEYS}
             block["companion"] = (
-                "pca: the model's score is summed with the PCA's; mean+pca is the same sum "
-                "with the mean image in the generator's place"
+                "model.companion: the model's score is summed with the PCA's (auto: where "
+                "the validation chose it); mean+pca is the same sum with the mean image in "
+                "the generator's place"
             )
             candidates.append("mean+pca")
         block["pca"].update(k=pca.k, k_chosen_by=k_chosen_by)
