@@ -390,29 +390,15 @@ def test_checkpoints_with_top_level_scorer_buffers_still_load(
             torch.testing.assert_close(restored(images), model.eval()(images))
 
 
-def test_validation_defects_leave_training_and_calibration_untouched() -> None:
+def test_validation_defects_leave_training_and_calibration_untouched(tmp_path: Path) -> None:
     """Scoring pasted defects at validation is an extra measurement: with it on or off the
     same seed gives the same weights, threshold and map statistics."""
-    from torch.utils.data import TensorDataset
-
-    class Batches(TensorDataset):
-        def __getitem__(self, index):  # the data modules' dict batches
-            return {"image": super().__getitem__(index)[0]}
-
-    images = torch.rand(24, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     states = []
     for validation_defects in (True, False):
         L.seed_everything(0)
         model = Ganomaly(image_size=32, channels=3, validation_defects=validation_defects)
-        trainer = L.Trainer(
-            max_epochs=1,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        loader = DataLoader(Batches(images), batch_size=8)
+        trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=False)
+        loader = DataLoader(RandomImages(n=24), batch_size=8)
         trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
         assert ("val/synthetic_auroc" in trainer.callback_metrics) == validation_defects
         states.append(model.state_dict())
@@ -452,32 +438,22 @@ def test_ssim_term_is_off_by_default_and_asks_for_structure_when_on() -> None:
         GeneratorLoss(w_ssim=-1.0)
 
 
-def test_synthetic_auroc_pastes_defects_only_into_the_held_out_validation_normals() -> None:
+def test_synthetic_auroc_pastes_defects_only_into_the_held_out_validation_normals(
+    tmp_path: Path,
+) -> None:
     """``val/synthetic_auroc`` compares the clean validation normals the calibration held out
     with defect copies of *the same* images. Copies of the images the per-pixel statistics
     came from would score optimistically low (on a 5-image set that alone gave 0.1–0.3)."""
-    from torch.utils.data import TensorDataset
-
     from anomaly_gan.models.core import VALIDATION_DEFECT_SEED
     from anomaly_gan.scoring import separation_auroc
 
-    class Batches(TensorDataset):
-        def __getitem__(self, index):  # the data modules' dict batches
-            return {"image": super().__getitem__(index)[0]}
-
-    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    dataset = RandomImages(n=6)
+    images = dataset.images
     L.seed_everything(0)
     model = Ganomaly(image_size=32, channels=3)
     assert model.scorer.held_out(6) == slice(1, None, 2) and model.scorer.held_out(3) == slice(None)
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    loader = DataLoader(Batches(images), batch_size=6)  # one batch: one defect seed
+    trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=False)
+    loader = DataLoader(dataset, batch_size=6)  # one batch: one defect seed
     trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
     model.eval()
     seeded = torch.Generator().manual_seed(VALIDATION_DEFECT_SEED)
