@@ -167,8 +167,9 @@ def auto_choice(model: Any, companion: PcaCompanion, datamodule: Any) -> dict[st
 
 def summarize(rows: list[dict]) -> str:
     """Markdown: per model and set, the GAN's and the sum's AUROC and lift (means over the
-    seeds present), per test part; then the leave-one-set-out choice on the selection part
-    (sum or GAN alone, by mean lift over the other sets) and what it does on the set left out.
+    seeds present), per test part, and what ``model.companion=auto`` chose; then the
+    leave-one-set-out choice on the selection part (the sum, or auto, against the GAN alone,
+    by mean AUROC gain over the other sets) and what it does on the set left out.
     """
     cells: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -230,21 +231,24 @@ def summarize(rows: list[dict]) -> str:
                     summed = sum(r["auto_summed"] for r in runs)
                     entries.append(f"{gan:.3f} / {auto:.3f} ({summed}/{len(runs)})")
                 lines.append(f"| {model} | " + " | ".join(entries) + " |")
-    lines += ["", "Leave one set out (selection part): chosen setting, held-out gain of the sum"]
-    for model in models:
-        folds = []
-        for held in sets:
-            others = [c for c in sets if c != held]
-            gain = [
-                mean("hybrid_lift", "selection", model, c) - mean("lift", "selection", model, c)
-                for c in others
-            ]
-            chosen = "sum" if sum(gain) / len(gain) > 0 else "GAN"
-            held_gain = mean("hybrid_lift", "selection", model, held) - mean(
-                "lift", "selection", model, held
-            )
-            folds.append(f"{held}: {chosen} ({held_gain:+.3f})")
-        lines.append(f"- {model}: " + "; ".join(folds))
+    candidates = {"sum": "gan+pca", "auto": "auto"} if auto_rows else {"sum": "gan+pca"}
+    for name, key in candidates.items():
+        lines += [
+            "",
+            f"Leave one set out (selection part), {name} against the GAN alone: the choice on "
+            f"the other three sets (by mean AUROC gain), and the held-out set's gain of {name}",
+        ]
+        for model in models:
+            folds = []
+            for held in sets:
+                gains = {
+                    c: mean(key, "selection", model, c) - mean("gan", "selection", model, c)
+                    for c in sets
+                }
+                others = [gains[c] for c in sets if c != held]
+                chosen = name if sum(others) / len(others) > 0 else "GAN"
+                folds.append(f"{held}: {chosen} ({gains[held]:+.3f})")
+            lines.append(f"- {model}: " + "; ".join(folds))
     return "\n".join(lines)
 
 
