@@ -112,8 +112,10 @@ def normal_images(datamodule: Any) -> tuple[Tensor, Tensor]:
         if not hasattr(datamodule, name):
             raise TypeError(
                 f"{type(datamodule).__name__} has no {name}: the no-learning reference and "
-                "model.companion=pca need one of anomaly_gan.data's data modules (data=mvtec, "
-                "folder, visa, kolektor, synthetic), which list their normal images."
+                "model.companion (pca by default for Skip-SA) need one of anomaly_gan.data's "
+                "data modules (data=mvtec, folder, visa, kolektor, synthetic), which list "
+                "their normal images. With plain DataLoaders pass companion=None "
+                "(model.companion=null) and reference=false."
             )
 
     def images_of(samples: list[Any]) -> Tensor:
