@@ -100,17 +100,27 @@ class PcaCompanion(nn.Module):
         # ``choose``, the synthetic-defect AUROCs it was chosen on.
         for name, value in LATER_BUFFERS.items():
             self.register_buffer(name, torch.tensor(value))
+        self._calibrated = False
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
         for name, value in LATER_BUFFERS.items():
             state_dict.setdefault(prefix + name, torch.tensor(value))
+        scale = state_dict.get(prefix + "model_scale")
+        self._calibrated = scale is not None and bool(torch.isfinite(scale).all())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def fitted(self) -> bool:
         return self.pca.fitted
+
+    @property
+    def calibrated(self) -> bool:
+        """Fitted and standardised by a validation: only then is the sum a score. (A plain
+        flag, set by :meth:`calibrate` and on loading, not a read of a tensor: ONNX export
+        traces the scoring and cannot branch on buffer values.)"""
+        return self.fitted and self._calibrated
 
     @torch.no_grad()
     def fit(self, train: Tensor, validation: Tensor, threshold_quantile: float) -> None:
@@ -159,6 +169,7 @@ class PcaCompanion(nn.Module):
             centre, spread = centre_and_spread(scores)
             getattr(self, f"{prefix}_center").fill_(centre)
             getattr(self, f"{prefix}_scale").fill_(spread)
+        self._calibrated = True
         return self._stacked(model_scores, pca_scores)
 
     def _stacked(self, model_scores: Tensor, pca_scores: Tensor) -> Tensor:
@@ -198,8 +209,14 @@ class PcaCompanion(nn.Module):
         summary: dict[str, Any] = {
             "mode": "auto" if self.choose else "pca",
             "pca_k": self.pca.k if self.fitted else None,
-            "pca_summed": bool(self.pca_weight > 0),
+            "pca_summed": self.calibrated and bool(self.pca_weight > 0),
         }
+        if not self.calibrated:
+            summary["note"] = (
+                "not fitted: the run's data module lists no normal images (plain "
+                "DataLoaders), so the score is the model's alone"
+            )
+            return summary
         if self.choose:
             summary["chosen_by"] = (
                 "val/synthetic_auroc of the clean held-out validation normals against "

@@ -132,6 +132,9 @@ def test_unknown_companion_and_anogan_companion_name_the_key() -> None:
 def test_auto_sums_the_pca_in_only_where_it_separates_synthetic_defects_better() -> None:
     torch.manual_seed(0)
     companion = PcaCompanion(dict(DEFAULT_SCORER), tile=32, choose=True)
+    train, validation = torch.rand(24, 1, 32, 32), torch.rand(12, 1, 32, 32)
+    companion.fit(train, validation, threshold_quantile=0.95)
+    companion.calibrate(torch.rand(6), companion.error_map(validation), threshold_quantile=0.95)
     normals, noise = torch.randn(40, 2), torch.randn(40, 2)
     # The PCA separates the pasted defects, the model does not: the sum is kept.
     companion.choose_weight(normals, noise + torch.tensor([0.0, 3.0]))
@@ -176,3 +179,31 @@ def test_auto_choice_is_made_at_validation_and_saved_with_the_checkpoint(
     torch.save(state, tmp_path / "old.ckpt")
     old = load_model(tmp_path / "old.ckpt").model
     assert old.companion is not None and float(old.companion.pca_weight) == 1.0
+
+
+def test_without_listed_normals_the_companion_stays_out_of_the_score(
+    tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Plain DataLoaders list no normal images to fit the PCA on (Skip-SA's default is
+    companion=pca): the run warns and scores with the model alone instead of failing."""
+    datamodule = _datamodule(cache_dir)
+    model = Ganomaly(image_size=32, channels=3, companion="pca")
+    with caplog.at_level("WARNING"):
+        _trainer(tmp_path).fit(
+            model,
+            train_dataloaders=datamodule.train_dataloader(),
+            val_dataloaders=datamodule.val_dataloader(),
+        )
+    assert "model.companion=pca needs one of anomaly_gan.data's data modules" in caplog.text
+    assert model.companion is not None and not model.companion.fitted
+    assert model.fitted_companion is None and torch.isfinite(model.threshold)
+    images = next(iter(datamodule.val_dataloader()))["image"]
+    model.eval()
+    with torch.no_grad():
+        own = model.scorer.score(
+            model.latent_distance(*model.reconstruct(images)[1:]),
+            model.scorer.score_map(images, model.generate(images).reconstruction),
+        )
+        assert torch.allclose(model(images), own)
+    summary = model.companion.summary()
+    assert summary["pca_summed"] is False and "plain DataLoaders" in summary["note"]

@@ -127,7 +127,7 @@ class TestEvaluator(Callback):
                 datamodule,
                 pl_module.scorer.to_config(),
                 float(pl_module.hparams.get("threshold_quantile", 0.95)),
-                companion=getattr(pl_module, "companion", None) is not None,
+                companion=getattr(pl_module, "fitted_companion", None) is not None,
             )
         except Exception as error:  # the model's results must survive a failed reference
             log.warning(

@@ -105,17 +105,25 @@ def stack_loader(loader: Any) -> tuple[Tensor, Tensor, Tensor | None]:
     return torch.cat(images), torch.cat(labels), torch.cat(masks) if masks else None
 
 
+#: What a data module needs for :func:`normal_images`: its sample lists and dataset factory.
+NORMAL_IMAGE_ATTRIBUTES = ("train_samples", "val_samples", "_dataset")
+
+
+def lists_normal_images(datamodule: Any) -> bool:
+    """Whether ``datamodule`` is one of the project's data modules, which list their normal
+    images (plain DataLoaders do not)."""
+    return all(hasattr(datamodule, name) for name in NORMAL_IMAGE_ATTRIBUTES)
+
+
 def normal_images(datamodule: Any) -> tuple[Tensor, Tensor]:
     """The training normals and the validation normals (the training normals when there
     are none) of one of the project's data modules, (N, C, H, W) each, without augmentation."""
-    for name in ("train_samples", "val_samples", "_dataset"):
+    for name in NORMAL_IMAGE_ATTRIBUTES:
         if not hasattr(datamodule, name):
             raise TypeError(
                 f"{type(datamodule).__name__} has no {name}: the no-learning reference and "
-                "model.companion (pca by default for Skip-SA) need one of anomaly_gan.data's "
-                "data modules (data=mvtec, folder, visa, kolektor, synthetic), which list "
-                "their normal images. With plain DataLoaders pass companion=None "
-                "(model.companion=null) and reference=false."
+                "model.companion need one of anomaly_gan.data's data modules (data=mvtec, "
+                "folder, visa, kolektor, synthetic), which list their normal images."
             )
 
     def images_of(samples: list[Any]) -> Tensor:

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from anomaly_gan.corruption import SyntheticDefects
+from anomaly_gan.evaluation.reference import lists_normal_images
 from anomaly_gan.losses import GeneratorLoss, discriminator_loss, distance
 from anomaly_gan.models.step_checks import (
     DeferredStepChecks,
@@ -221,15 +222,28 @@ class GanAnomalyModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         """Fit the PCA companion on the data module's normals (once: a resumed run keeps the
-        checkpoint's)."""
-        if self.companion is not None and not self.companion.fitted:
-            self.companion.fit_on(self.trainer.datamodule, self.hparams.threshold_quantile)
-            log.info(
-                "model.companion=%s: PCA of the training normals with k=%d (chosen on "
-                "synthetic defects in the validation normals).",
+        checkpoint's). Without one of the project's data modules (plain DataLoaders) there
+        are no listed normals to fit it on: the score stays the model's alone, with a
+        warning."""
+        if self.companion is None or self.companion.fitted:
+            return
+        datamodule = self.trainer.datamodule
+        if not lists_normal_images(datamodule):
+            log.warning(
+                "model.companion=%s needs one of anomaly_gan.data's data modules, which list "
+                "the normal images to fit the PCA on; this run has %s, so its score is the "
+                "model's alone. Pass companion=None (model.companion=null) to silence this.",
                 self.hparams.companion,
-                self.companion.pca.k,
+                "plain DataLoaders" if datamodule is None else type(datamodule).__name__,
             )
+            return
+        self.companion.fit_on(datamodule, self.hparams.threshold_quantile)
+        log.info(
+            "model.companion=%s: PCA of the training normals with k=%d (chosen on "
+            "synthetic defects in the validation normals).",
+            self.hparams.companion,
+            self.companion.pca.k,
+        )
 
     def setup(self, stage: str) -> None:
         """Apply ``channels_last`` and ``compile`` once the trainer has the model."""
@@ -368,7 +382,7 @@ class GanAnomalyModule(L.LightningModule):
         score_map = self.scorer.score_map(image, output.reconstruction)
         latent_distance = self.latent_distance(latent_in, latent_out)
         scores = self.scorer.score(latent_distance, score_map)
-        if self.companion is not None:
+        if self.companion is not None and self.companion.calibrated:
             scores = self.companion.combine(scores, image)
         anomaly_map = self.scorer.anomaly_map(image, output.reconstruction, score_map)
         return scores, output, anomaly_map
@@ -561,8 +575,9 @@ class GanAnomalyModule(L.LightningModule):
         output, latent_in, latent_out = self.reconstruct(image)
         self._val_maps.append(self.scorer.error_map(image, output.reconstruction).detach())
         self._val_latent.append(self.latent_distance(latent_in, latent_out).detach())
-        if self.companion is not None:
-            self._companion_maps.append(self.companion.error_map(image).detach())
+        companion = self.fitted_companion
+        if companion is not None:
+            self._companion_maps.append(companion.error_map(image).detach())
         if self.scorer.localization_map == "error":
             self._val_localization.append(
                 self.scorer.localization_error(image, output.reconstruction).detach()
@@ -585,8 +600,8 @@ class GanAnomalyModule(L.LightningModule):
                 self.scorer.error_map(defective, output.reconstruction).detach()
             )
             self._defect_latent.append(self.latent_distance(latent_in, latent_out).detach())
-            if self.companion is not None:
-                self._companion_defect_maps.append(self.companion.error_map(defective).detach())
+            if companion is not None:
+                self._companion_defect_maps.append(companion.error_map(defective).detach())
 
     def on_validation_epoch_end(self) -> None:
         """Calibrate the scorer on the validation normals (:meth:`AnomalyScore.calibrate`).
@@ -603,7 +618,7 @@ class GanAnomalyModule(L.LightningModule):
         quantile = self.hparams.threshold_quantile
         scores = self.scorer.calibrate(maps, latent, quantile, localization)
         defect_scores = self._defect_scores() if self._defect_maps else None
-        if self.companion is not None:  # the threshold is on the summed scores
+        if self._companion_maps:  # the threshold is on the summed scores
             normal_parts = self.companion.calibrate(
                 scores, self._gathered_maps(self._companion_maps), quantile
             )
@@ -632,6 +647,11 @@ class GanAnomalyModule(L.LightningModule):
         self._val_maps, self._val_latent, self._val_localization = [], [], []
         self._defect_maps, self._defect_latent = [], []
         self._companion_maps, self._companion_defect_maps = [], []
+
+    @property
+    def fitted_companion(self) -> PcaCompanion | None:
+        """The PCA companion once it is fitted (:meth:`on_fit_start`), else None."""
+        return self.companion if self.companion is not None and self.companion.fitted else None
 
     def _gathered_maps(self, maps: list[Tensor]) -> Tensor:
         gathered = self.all_gather(torch.cat(maps))
