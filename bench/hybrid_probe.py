@@ -94,7 +94,9 @@ def probe(run_dir: Path, args: argparse.Namespace) -> dict:
     model = load_model(checkpoint).model.eval()
     if getattr(model, "companion", None) is not None:
         raise SystemExit(
-            f"{run_dir}: trained with model.companion=pca, its score is the sum already"
+            f"{run_dir}: trained with model.companion={model.hparams['companion']}, its score "
+            "is the sum already; probe runs trained with the model's score alone (Skip-SA's "
+            "default is pca: pass `-- model.companion=null` to bench/quality.py)"
         )
     gan_test = scores_of(model, test)
     reported = results["categories"][category]["auroc"]
