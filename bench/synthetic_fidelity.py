@@ -1,0 +1,361 @@
+"""Do synthetic defects rank detectors as the real defects do? Judged on several sets at once.
+
+    python bench/synthetic_fidelity.py --root ../shared/data --out FILE.json
+    python bench/synthetic_fidelity.py --summarize FILE.json
+
+Every label-free choice in this project (the PCA reference's ``k``, ``model.companion=auto``,
+a checkpoint chosen on ``val/synthetic_auroc``) asks one question of synthetic defects
+pasted into held-out validation normals: *which detector separates them best?* That choice
+is only as good as the synthetic defects are like the real ones. This script measures it
+without training anything: a pool of no-learning detectors (the mean training image and
+the PCA reconstruction at every candidate ``k``, each under several smoothing widths and
+poolings of the project's scorer) is scored on
+
+- each kind of synthetic defect pasted into the held-out validation normals (the
+  validation AUROC the choices use), and
+- the real defects of the *selection* part of the test set (never the report part).
+
+Per set and kind it reports the rank correlation (Spearman) of the two AUROCs over the
+pool, and the regret of choosing by the synthetic AUROC: the best real AUROC in the pool
+minus the real AUROC of the detector the synthetic AUROC picks. Leaving one set out, the
+kind with the lowest mean regret on the other three is judged on the held-out one.
+
+Kinds: the project's ``blob``, ``line``, ``patch`` (:mod:`anomaly_gan.corruption`) and their
+mix (``all``, what the project uses), and four candidates made from the images' own
+content, since real defects are rarely a flat blob of a new brightness:
+
+- ``swap``: a soft ellipse of another normal image at the same place (right texture,
+  wrong instance: a foreign part or a seam);
+- ``shift``: a soft ellipse of the image itself shifted by 2-6 px (a local deformation or cut);
+- ``smear``: a soft ellipse blurred (σ 1.5-3 px) (lost texture: contamination, wear);
+- ``noise``: a soft ellipse with added Gaussian noise of 0.3-1 per-image std.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from anomaly_gan.corruption import SyntheticDefects, _ellipse, _Random  # noqa: E402
+from anomaly_gan.data import MVTecDataModule  # noqa: E402
+from anomaly_gan.evaluation.reference import (  # noqa: E402
+    PCA_COMPONENTS,
+    MeanReconstruction,
+    reference_scorer,
+    stack_loader,
+)
+from anomaly_gan.nets.pca import PcaReconstruction  # noqa: E402
+from anomaly_gan.scoring import DEFAULT_SCORER, separation_auroc  # noqa: E402
+
+SETS = ("magnetic_tile", "mvtec3d_tire", "elpv", "mpdd_metal_plate")
+PROJECT_KINDS = ("blob", "line", "patch", "all")
+CONTENT_KINDS = ("swap", "shift", "smear", "noise")
+#: Synthetic copies per held-out validation normal (several draws steady small sets).
+COPIES = 4
+POOLS = {"top1%": ("top_k", 0.01), "top5%": ("top_k", 0.05), "mean": ("mean", 0.05)}
+SIGMAS = (1.0, 4.0)
+
+
+def scorer_grid() -> dict[str, dict[str, Any]]:
+    grid = {}
+    for sigma in SIGMAS:
+        for pool_name, (pooling, fraction) in POOLS.items():
+            grid[f"s{sigma:g} {pool_name}"] = {
+                **DEFAULT_SCORER,
+                "map_sigma": sigma,
+                "pooling": pooling,
+                "top_k_fraction": fraction,
+            }
+    return grid
+
+
+def set_images(
+    root: Path, category: str, seed: int, normalization: str, test_part: str = "selection"
+) -> dict[str, Tensor]:
+    """Training, validation and test-part images at the data defaults."""
+    datamodule = MVTecDataModule(
+        root=str(root),
+        category=category,
+        normalization=normalization,
+        selection_fraction=0.3,
+        test_part=test_part,
+        cache=False,
+        num_workers=0,
+        seed=seed,
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.setup("test")
+
+    def images_of(samples: list[Any]) -> Tensor:
+        return stack_loader(DataLoader(datamodule._dataset(samples), batch_size=64))[0]
+
+    (test_loader,) = datamodule.test_dataloader()
+    test, labels, _ = stack_loader(test_loader)
+    return {
+        "train": images_of(datamodule.train_samples),
+        "validation": images_of(datamodule.val_samples),
+        "test": test,
+        "labels": labels,
+    }
+
+
+def soft_mask(height: int, width: int, rand: _Random) -> Tensor:
+    """A soft ellipse of 4-25 % of the side at a random place, as the project's blobs."""
+    rows = torch.arange(height, dtype=torch.float32).view(-1, 1)
+    cols = torch.arange(width, dtype=torch.float32).view(1, -1)
+    extent = min(height, width) * rand.uniform(0.04, 0.25)
+    centre = (rand.uniform(0, height - 1), rand.uniform(0, width - 1))
+    return _ellipse(rows, cols, centre, extent, rand)
+
+
+def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=image.dtype)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = image.shape[0]
+    x = image.unsqueeze(0)
+    x = F.conv2d(
+        F.pad(x, (radius, radius, 0, 0), mode="reflect"),
+        kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1),
+        groups=channels,
+    )
+    x = F.conv2d(
+        F.pad(x, (0, 0, radius, radius), mode="reflect"),
+        kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1),
+        groups=channels,
+    )
+    return x.squeeze(0)
+
+
+def content_defects(kind: str, images: Tensor, donors: Tensor, seed: int) -> Tensor:
+    """One ``kind`` defect (1-3 of them) in a copy of every image; donors for ``swap``."""
+    generator = torch.Generator().manual_seed(seed)
+    rand = _Random(generator)
+    out = images.clone()
+    height, width = images.shape[-2:]
+    for index in range(images.shape[0]):
+        for _ in range(rand.integer(1, 3)):
+            mask = soft_mask(height, width, rand)
+            current = out[index]
+            if kind == "swap":
+                source = donors[rand.integer(0, donors.shape[0] - 1)]
+            elif kind == "shift":
+                dy, dx = (rand.integer(2, 6) * (1 if rand.uniform() < 0.5 else -1) for _ in "yx")
+                source = torch.roll(current, shifts=(dy, dx), dims=(1, 2))
+            elif kind == "smear":
+                source = gaussian_blur(current, rand.uniform(1.5, 3.0))
+            elif kind == "noise":
+                spread = float(current.std()) * rand.uniform(0.3, 1.0)
+                source = current + spread * torch.randn(current.shape, generator=generator)
+            else:
+                raise ValueError(f"unknown kind {kind!r}")
+            out[index] = current * (1 - mask) + source * mask
+    return out
+
+
+def synthetic_copies(kind: str, held_out: Tensor, donors: Tensor) -> Tensor:
+    copies = []
+    for copy in range(COPIES):
+        seed = 1000 * copy + 7
+        if kind in PROJECT_KINDS:
+            kinds = ("blob", "line", "patch") if kind == "all" else (kind,)
+            generator = torch.Generator().manual_seed(seed)
+            copies.append(SyntheticDefects(probability=1.0, kinds=kinds)(held_out, generator))
+        else:
+            copies.append(content_defects(kind, held_out, donors, seed))
+    return torch.cat(copies)
+
+
+@torch.no_grad()
+def measure(images: dict[str, Tensor], quantile: float = 0.95) -> list[dict[str, Any]]:
+    """Synthetic AUROC per kind and real AUROC of every detector of the pool."""
+    train, validation = images["train"], images["validation"]
+    held_out = validation[reference_scorer(DEFAULT_SCORER).held_out(validation.shape[0])]
+    kinds = PROJECT_KINDS + CONTENT_KINDS
+    synthetic = {kind: synthetic_copies(kind, held_out, train) for kind in kinds}
+    candidates = [k for k in PCA_COMPONENTS if k < train.shape[0]]
+    pca = PcaReconstruction(train, max(candidates))
+    reconstructions: dict[str, Any] = {"mean": MeanReconstruction(train)}
+    for k in (k for k in candidates if k <= pca.k):
+        reconstructions[f"pca{k}"] = (pca, k)
+    rows = []
+    for recon_name, recon in reconstructions.items():
+
+        def reconstruct(x: Tensor, recon: Any = recon) -> Tensor:
+            if isinstance(recon, tuple):
+                recon[0].k = recon[1]
+                return recon[0](x)
+            return recon(x)
+
+        for scorer_name, config in scorer_grid().items():
+            scorer = reference_scorer(config)
+
+            def score(x: Tensor, scorer: Any = scorer) -> Tensor:
+                return torch.cat(
+                    [
+                        scorer.score_error_maps(scorer.error_map(c, reconstruct(c)))
+                        for c in x.split(64)
+                    ]
+                )
+
+            # Calibrated on the validation normals as a run is; the clean held-out ones are
+            # those the calibration did not take its per-pixel statistics from.
+            maps = torch.cat([scorer.error_map(c, reconstruct(c)) for c in validation.split(64)])
+            clean = scorer.calibrate(maps, maps.new_zeros(maps.shape[0]), quantile)
+            row = {
+                "detector": f"{recon_name} {scorer_name}",
+                "real": separation_auroc(
+                    score(images["test"][images["labels"] == 0]),
+                    score(images["test"][images["labels"] == 1]),
+                ),
+            }
+            for kind in kinds:
+                row[kind] = separation_auroc(clean, score(synthetic[kind]))
+            rows.append(row)
+    return rows
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        result = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for m in range(i, j + 1):
+                result[order[m]] = (i + j) / 2
+            i = j + 1
+        return result
+
+    ra, rb = ranks(a), ranks(b)
+    return statistics.correlation(ra, rb) if len(set(ra)) > 1 and len(set(rb)) > 1 else 0.0
+
+
+def fidelity(rows: list[dict[str, Any]], kind: str) -> dict[str, float]:
+    real = [row["real"] for row in rows]
+    synth = [row[kind] for row in rows]
+    picked = max(range(len(rows)), key=lambda i: (synth[i], -i))
+    return {
+        "spearman": spearman(synth, real),
+        "regret": max(real) - real[picked],
+        "picked": rows[picked]["detector"],
+        "picked_real": real[picked],
+    }
+
+
+def summarize(payload: dict[str, Any]) -> str:
+    results = payload["results"]
+    kinds = PROJECT_KINDS + CONTENT_KINDS
+    lines = [
+        "Per set (mean over split seeds): Spearman ρ of synthetic vs real AUROC over "
+        f"{len(results[0]['rows'])} no-learning detectors / regret of choosing by it",
+        "",
+        "| kind | " + " | ".join(SETS) + " | mean |",
+        "|---|" + "---|" * (len(SETS) + 1),
+    ]
+    table: dict[str, dict[str, tuple[float, float]]] = {}
+    for kind in kinds:
+        for name in SETS:
+            cells = [fidelity(r["rows"], kind) for r in results if r["set"] == name]
+            if cells:
+                table.setdefault(kind, {})[name] = (
+                    statistics.mean(c["spearman"] for c in cells),
+                    statistics.mean(c["regret"] for c in cells),
+                )
+        values = table.get(kind, {})
+        lines.append(
+            f"| {kind} | "
+            + " | ".join(f"{values[n][0]:+.2f} / {values[n][1]:.3f}" for n in SETS if n in values)
+            + f" | {statistics.mean(v[0] for v in values.values()):+.2f} / "
+            f"{statistics.mean(v[1] for v in values.values()):.3f} |"
+        )
+    lines += ["", "Leave one set out (kind with the lowest mean regret on the other three):", ""]
+    for held in SETS:
+        others = [n for n in SETS if n != held]
+        chosen = min(kinds, key=lambda k: statistics.mean(table[k][n][1] for n in others))
+        lines.append(
+            f"- {held}: chooses `{chosen}`, regret there {table[chosen][held][1]:.3f} "
+            f"(project's `all`: {table['all'][held][1]:.3f})"
+        )
+    lines += ["", "Best real AUROC in the pool, and what each kind picks (per split seed):", ""]
+    for result in results:
+        best = max(result["rows"], key=lambda row: row["real"])
+        picks = ", ".join(
+            f"{kind} {fidelity(result['rows'], kind)['picked_real']:.3f}" for kind in kinds
+        )
+        lines.append(
+            f"- {result['set']} seed {result['seed']}: best {best['real']:.3f} "
+            f"({best['detector']}); {picks}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--sets", nargs="+", default=list(SETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument(
+        "--test-part",
+        choices=("selection", "report"),
+        default="selection",
+        help="report: only to confirm, on images no choice saw, what the selection part showed",
+    )
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--summarize", type=Path)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--normalization",
+        choices=("per_image", "fixed"),
+        default="per_image",
+        help="data.normalization (per_image: the default in conf/data)",
+    )
+    args = parser.parse_args()
+    if args.summarize:
+        print(summarize(json.loads(args.summarize.read_text())))
+        return 0
+    torch.set_num_threads(args.threads)
+    results = []
+    for name in args.sets:
+        for seed in args.seeds:
+            images = set_images(args.root, name, seed, args.normalization, args.test_part)
+            rows = measure(images)
+            results.append(
+                {
+                    "set": name,
+                    "seed": seed,
+                    "normalization": args.normalization,
+                    "test_part": args.test_part,
+                    "rows": rows,
+                }
+            )
+            best = max(rows, key=lambda row: row["real"])
+            print(f"{name} seed {seed}: {len(rows)} detectors, best real {best['real']:.3f}")
+            if args.out:
+                args.out.write_text(json.dumps({"results": results}, indent=1))
+    if len({r["set"] for r in results}) == len(SETS):
+        print(summarize({"results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
