@@ -120,6 +120,7 @@ def _reference(block: dict[str, Any] | None) -> dict[str, Any]:
         "reference_best": block.get("best"),
         "reference_auroc": block.get("auroc"),
         "lift": block.get("lift"),
+        "lift_interval": block.get("lift_interval"),  # 95 % over the test images
         # The better (image-level) reference's localisation, on the map the model shows.
         "reference_pixel_auroc": better.get("pixel_auroc"),
         "reference_aupro": better.get("aupro"),
@@ -147,6 +148,7 @@ def run_job(args: argparse.Namespace, dataset: str, model: str, size: int, seed:
         status=results.get("status", "missing"),
         error=(results.get("error") or {}).get("message"),
         auroc=metrics.get("auroc"),
+        auroc_interval=metrics.get("auroc_interval"),
         average_precision=metrics.get("average_precision"),
         pixel_auroc=metrics.get("pixel_auroc"),
         aupro=metrics.get("aupro"),

@@ -59,6 +59,11 @@ def test_train_writes_valid_results_json(tmp_path: Path, cache_dir: Path) -> Non
     assert reference["best"] in ("mean", "pca") and reference["pca"]["k"] >= 1
     assert reference["auroc"] == max(reference["mean"]["auroc"], reference["pca"]["auroc"])
     assert math.isclose(reference["lift"], metrics["auroc"] - reference["auroc"], abs_tol=1e-9)
+    # Both come with how far another draw of test images could move them.
+    low, high = metrics["auroc_interval"]
+    assert 0.0 <= low <= metrics["auroc"] + 1e-9 and metrics["auroc"] - 1e-9 <= high <= 1.0
+    low, high = reference["lift_interval"]
+    assert -1.0 <= low <= reference["lift"] + 1e-9 and reference["lift"] - 1e-9 <= high <= 1.0
 
     # The tested checkpoint was chosen on validation and carries its threshold.
     checkpoint = Path(results["checkpoint"]["path"])

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from anomaly_gan.evaluation.intervals import auroc_interval
 from anomaly_gan.evaluation.localization import pixel_metrics
 from anomaly_gan.evaluation.metrics import image_metrics, metrics_by_defect_type
 
@@ -52,6 +53,9 @@ class CollectedOutputs:
         """Image metrics, per-defect-type metrics and pixel metrics; frees the maps."""
         scores, labels = self.all_scores, self.all_labels
         metrics = image_metrics(scores, labels, threshold)
+        # How far the AUROC could move with another draw of test images of the same counts.
+        interval = auroc_interval(labels, scores) if labels.numel() else None
+        metrics["auroc_interval"] = list(interval) if interval is not None else None
         metrics["by_defect_type"] = metrics_by_defect_type(
             scores, labels, self.defect_types, threshold
         )

@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
+from torch import Tensor
 
 from anomaly_gan.evaluation.artifacts import ExtremeSamples, write_test_artifacts
 from anomaly_gan.evaluation.collected_outputs import CollectedOutputs
+from anomaly_gan.evaluation.intervals import auroc_interval
 from anomaly_gan.evaluation.reference import lift, reference_metrics
 
 log = logging.getLogger(__name__)
@@ -94,7 +97,9 @@ class TestEvaluator(Callback):
             for index in sorted(self._outputs)
         }
         companion = getattr(pl_module, "companion", None)
+        scored: dict[str, tuple[Tensor, Tensor]] = {}  # the lift's interval pairs them
         for index, name in named.items():
+            scored[name] = (self._outputs[index].all_labels, self._outputs[index].all_scores)
             metrics = self._outputs[index].evaluate(threshold)
             if companion is not None:  # whether the PCA was summed in, and what chose it
                 metrics["companion"] = companion.summary()
@@ -103,7 +108,7 @@ class TestEvaluator(Callback):
                 if isinstance(value, float):
                     pl_module.log(f"test/{name}/{key}", value)
         if self.reference:
-            self._add_reference(trainer, pl_module)
+            self._add_reference(trainer, pl_module, scored)
         if self.output_dir is not None:  # figures once every metric is in
             for index, name in named.items():
                 self.artifacts[name] = write_test_artifacts(
@@ -116,18 +121,27 @@ class TestEvaluator(Callback):
                 )
         self._outputs, self._samples = {}, {}
 
-    def _add_reference(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The no-learning references beside each test set's metrics, and the model's lift.
+    def _add_reference(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        scored: dict[str, tuple[Tensor, Tensor]],
+    ) -> None:
+        """The no-learning references beside each test set's metrics, the model's lift and
+        the lift's interval (the model's and the better reference's scores of the same
+        images, resampled together: :mod:`.intervals`).
 
         A failure here is logged and recorded, never allowed to lose the model's metrics.
         """
         datamodule = trainer.datamodule
+        best_scores: dict[str, tuple[Tensor, Tensor]] = {}
         try:
             references = reference_metrics(
                 datamodule,
                 pl_module.scorer.to_config(),
                 float(pl_module.hparams.get("threshold_quantile", 0.95)),
                 companion=getattr(pl_module, "fitted_companion", None) is not None,
+                best_scores=best_scores,
             )
         except Exception as error:  # the model's results must survive a failed reference
             log.warning(
@@ -144,7 +158,24 @@ class TestEvaluator(Callback):
             if block is None:
                 continue
             block["lift"] = lift(metrics.get("auroc"), block)
+            block["lift_interval"] = _lift_interval(scored.get(name), best_scores.get(name))
             metrics["reference"] = block
             if block["lift"] is not None:  # the printed table warns below MIN_LIFT
                 pl_module.log(f"test/{name}/reference_auroc", float(block["auroc"]))
                 pl_module.log(f"test/{name}/lift", float(block["lift"]))
+
+
+def _lift_interval(
+    model: tuple[Tensor, Tensor] | None, reference: tuple[Tensor, Tensor] | None
+) -> list[float] | None:
+    """The lift's paired bootstrap interval, or None where the model and the reference did
+    not score the same images in the same order (the labels tell) or a class is missing."""
+    if model is None or reference is None:
+        return None
+    (labels, scores), (reference_labels, reference_scores) = model, reference
+    if labels.shape != reference_labels.shape or not torch.equal(
+        labels.long().cpu(), reference_labels.long().cpu()
+    ):
+        return None
+    interval = auroc_interval(labels, scores, baseline=reference_scores)
+    return list(interval) if interval is not None else None

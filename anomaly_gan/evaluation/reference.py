@@ -206,6 +206,7 @@ def reference_metrics(
     scorer_config: dict[str, Any],
     threshold_quantile: float = 0.95,
     companion: bool = False,
+    best_scores: dict[str, tuple[Tensor, Tensor]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Image metrics of the mean and PCA references on every test set of ``datamodule``, and
     their pixel AUROC / AUPRO (on the map the model shows) where the test set has masks.
@@ -216,6 +217,8 @@ def reference_metrics(
     block then also holds ``mean+pca``, the same sum with the mean image in the generator's
     place (with the PCA there the sum ranks as the PCA alone), and the better reference is
     the best of the three, so the lift is over every no-learning detector of either recipe.
+    ``best_scores``: filled with each test set's (labels, better reference's scores), in
+    the test loader's order, for an interval of the lift (:mod:`.intervals`).
     """
     train, validation = normal_images(datamodule)
     tile = datamodule.image_size if datamodule.geometry.tiled else None
@@ -277,6 +280,7 @@ def reference_metrics(
             threshold = threshold_from_normals(normals, threshold_quantile)
             metrics = image_metrics(summed, labels, threshold)
             block["mean+pca"] = {key: metrics.get(key) for key in IMAGE_KEYS}
+            scores["mean+pca"] = summed
             block["companion"] = (
                 "model.companion: the model's score is summed with the PCA's (auto: where "
                 "the validation chose it); mean+pca is the same sum with the mean image in "
@@ -288,6 +292,8 @@ def reference_metrics(
         best = max(aurocs, key=aurocs.__getitem__) if aurocs else None
         block["best"], block["auroc"] = best, aurocs.get(best)
         results[name] = block
+        if best_scores is not None and best is not None:
+            best_scores[name] = (labels, scores[best])
     return results
 
 

@@ -97,17 +97,25 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _interval_text(interval: list[float] | None) -> str:
+    return f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else ""
+
+
 def _reference_cells(metrics: dict[str, Any]) -> list[str]:
     reference = metrics.get("reference") or {}
-    return [_cell(reference.get("auroc")), _cell(reference.get("lift"))]
+    lift = reference.get("lift")
+    interval = _interval_text(reference.get("lift_interval"))
+    lift_text = f"{lift:+.3f} {interval}".strip() if isinstance(lift, float) else _cell(lift)
+    return [_cell(reference.get("auroc")), lift_text]
 
 
 def format_results_table(results: dict[str, Any]) -> str:
     """A plain-text table: one row per test category (and its defect types).
 
     ``ref auroc`` is the better no-learning reference (mean / PCA reconstruction, same
-    scorer) and ``lift`` the model's image AUROC above it; a lift under ``MIN_LIFT`` gets a
-    line of its own under the table.
+    scorer) and ``lift`` the model's image AUROC above it, with its 95 % bootstrap interval
+    over the test images (:mod:`anomaly_gan.evaluation.intervals`); a lift under
+    ``MIN_LIFT`` gets a line of its own under the table.
     """
     header = ["test set", "n (norm/anom)", *IMAGE_METRICS, "ref auroc", "lift"]
     rows: list[list[str]] = []
@@ -133,6 +141,11 @@ def format_results_table(results: dict[str, Any]) -> str:
                 f"{category}: lift {reference['lift']:+.3f} over the no-learning reference "
                 f"({reference.get('best')} reconstruction, AUROC {reference['auroc']:.3f}) is "
                 f"below +{MIN_LIFT}: the GAN adds little here"
+                + (
+                    f" (95 % interval over the test images {interval})"
+                    if (interval := _interval_text(reference.get("lift_interval")))
+                    else ""
+                )
             )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
