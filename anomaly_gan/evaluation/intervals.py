@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc
 
-#: Bootstrap resamples (the 2.5 % and 97.5 % quantiles of 2000 are steady to ~0.005).
+#: Bootstrap resamples (with 2000 the interval's ends move by about 0.005-0.007 (one std)
+#: between resampling seeds on a 17 + 61 image set).
 RESAMPLES = 2000
 #: Two-sided coverage of the interval.
 LEVEL = 0.95
