@@ -75,3 +75,9 @@ def test_summary_shows_the_lift_interval() -> None:
     assert "+0.010 [-0.080, +0.100]" in table.splitlines()[2]
     (warning,) = [line for line in table.splitlines() if line.startswith("warning:")]
     assert warning.endswith("(95 % interval over the test images [-0.080, +0.100])")
+    # A lift of exactly nothing (floating-point dust below zero) reads as +0.000.
+    reference.update(lift=0.0, lift_interval=[-1e-17, 0.0])
+    table = format_results_table(
+        {"status": "completed", "categories": {"weak": {**metrics, "reference": reference}}}
+    )
+    assert "+0.000 [+0.000, +0.000]" in table

@@ -98,7 +98,10 @@ def _cell(value: Any) -> str:
 
 
 def _interval_text(interval: list[float] | None) -> str:
-    return f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else ""
+    if not interval:
+        return ""
+    low, high = (round(end, 3) + 0.0 for end in interval)  # + 0.0: no "-0.000"
+    return f"[{low:+.3f}, {high:+.3f}]"
 
 
 def _reference_cells(metrics: dict[str, Any]) -> list[str]:
