@@ -213,7 +213,10 @@ class PcaCompanion(nn.Module):
         }
         if not self.calibrated:
             summary["note"] = (
-                "not fitted: the run's data module lists no normal images (plain "
+                "not calibrated: no validation standardised the two scores, so the score is "
+                "the model's alone"
+                if self.fitted
+                else "not fitted: the run's data module lists no normal images (plain "
                 "DataLoaders), so the score is the model's alone"
             )
             return summary

@@ -47,20 +47,21 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
+from torchvision.transforms.v2.functional import gaussian_blur  # noqa: E402
 
 from anomaly_gan.corruption import SyntheticDefects, _ellipse, _Random  # noqa: E402
 from anomaly_gan.data import MVTecDataModule  # noqa: E402
 from anomaly_gan.evaluation.reference import (  # noqa: E402
     PCA_COMPONENTS,
     MeanReconstruction,
+    _error_maps,
     reference_scorer,
     stack_loader,
 )
 from anomaly_gan.nets.pca import PcaReconstruction  # noqa: E402
-from anomaly_gan.scoring import DEFAULT_SCORER, separation_auroc  # noqa: E402
+from anomaly_gan.scoring import DEFAULT_SCORER, AnomalyScore, separation_auroc  # noqa: E402
 
 SETS = ("magnetic_tile", "mvtec3d_tire", "elpv", "mpdd_metal_plate")
 PROJECT_KINDS = ("blob", "line", "patch", "all")
@@ -124,26 +125,6 @@ def soft_mask(height: int, width: int, rand: _Random) -> Tensor:
     return _ellipse(rows, cols, centre, extent, rand)
 
 
-def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=image.dtype)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    channels = image.shape[0]
-    x = image.unsqueeze(0)
-    x = F.conv2d(
-        F.pad(x, (radius, radius, 0, 0), mode="reflect"),
-        kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1),
-        groups=channels,
-    )
-    x = F.conv2d(
-        F.pad(x, (0, 0, radius, radius), mode="reflect"),
-        kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1),
-        groups=channels,
-    )
-    return x.squeeze(0)
-
-
 def content_defects(kind: str, images: Tensor, donors: Tensor, seed: int) -> Tensor:
     """One ``kind`` defect (1-3 of them) in a copy of every image; donors for ``swap``."""
     generator = torch.Generator().manual_seed(seed)
@@ -160,7 +141,9 @@ def content_defects(kind: str, images: Tensor, donors: Tensor, seed: int) -> Ten
                 dy, dx = (rand.integer(2, 6) * (1 if rand.uniform() < 0.5 else -1) for _ in "yx")
                 source = torch.roll(current, shifts=(dy, dx), dims=(1, 2))
             elif kind == "smear":
-                source = gaussian_blur(current, rand.uniform(1.5, 3.0))
+                sigma = rand.uniform(1.5, 3.0)
+                size = 2 * math.ceil(3 * sigma) + 1  # ±3σ, as the scorer smooths
+                source = gaussian_blur(current, [size, size], [sigma, sigma])
             elif kind == "noise":
                 spread = float(current.std()) * rand.uniform(0.3, 1.0)
                 source = current + spread * torch.randn(current.shape, generator=generator)
@@ -183,6 +166,11 @@ def synthetic_copies(kind: str, held_out: Tensor, donors: Tensor) -> Tensor:
     return torch.cat(copies)
 
 
+def scores_of(scorer: AnomalyScore, reconstruct: Any, images: Tensor) -> Tensor:
+    """The reference scorer's image scores of ``images`` against ``reconstruct(images)``."""
+    return scorer.score_error_maps(_error_maps(scorer, reconstruct, images))
+
+
 @torch.no_grad()
 def measure(images: dict[str, Tensor], quantile: float = 0.95) -> list[dict[str, Any]]:
     """Synthetic AUROC per kind and real AUROC of every detector of the pool."""
@@ -192,42 +180,29 @@ def measure(images: dict[str, Tensor], quantile: float = 0.95) -> list[dict[str,
     synthetic = {kind: synthetic_copies(kind, held_out, train) for kind in kinds}
     candidates = [k for k in PCA_COMPONENTS if k < train.shape[0]]
     pca = PcaReconstruction(train, max(candidates))
-    reconstructions: dict[str, Any] = {"mean": MeanReconstruction(train)}
-    for k in (k for k in candidates if k <= pca.k):
-        reconstructions[f"pca{k}"] = (pca, k)
+    # (name, reconstruction, PCA size to set before using it); the PCA's directions are nested.
+    detectors: list[tuple[str, Any, int | None]] = [("mean", MeanReconstruction(train), None)]
+    detectors += [(f"pca{k}", pca, k) for k in candidates if k <= pca.k]
+    normal, defective = images["test"][images["labels"] == 0], images["test"][images["labels"] == 1]
     rows = []
-    for recon_name, recon in reconstructions.items():
-
-        def reconstruct(x: Tensor, recon: Any = recon) -> Tensor:
-            if isinstance(recon, tuple):
-                recon[0].k = recon[1]
-                return recon[0](x)
-            return recon(x)
-
+    for recon_name, reconstruct, k in detectors:
+        if k is not None:
+            pca.k = k
         for scorer_name, config in scorer_grid().items():
             scorer = reference_scorer(config)
-
-            def score(x: Tensor, scorer: Any = scorer) -> Tensor:
-                return torch.cat(
-                    [
-                        scorer.score_error_maps(scorer.error_map(c, reconstruct(c)))
-                        for c in x.split(64)
-                    ]
-                )
-
             # Calibrated on the validation normals as a run is; the clean held-out ones are
             # those the calibration did not take its per-pixel statistics from.
-            maps = torch.cat([scorer.error_map(c, reconstruct(c)) for c in validation.split(64)])
+            maps = _error_maps(scorer, reconstruct, validation)
             clean = scorer.calibrate(maps, maps.new_zeros(maps.shape[0]), quantile)
             row = {
                 "detector": f"{recon_name} {scorer_name}",
                 "real": separation_auroc(
-                    score(images["test"][images["labels"] == 0]),
-                    score(images["test"][images["labels"] == 1]),
+                    scores_of(scorer, reconstruct, normal),
+                    scores_of(scorer, reconstruct, defective),
                 ),
             }
             for kind in kinds:
-                row[kind] = separation_auroc(clean, score(synthetic[kind]))
+                row[kind] = separation_auroc(clean, scores_of(scorer, reconstruct, synthetic[kind]))
             rows.append(row)
     return rows
 

@@ -54,7 +54,7 @@ class CollectedOutputs:
         scores, labels = self.all_scores, self.all_labels
         metrics = image_metrics(scores, labels, threshold)
         # How far the AUROC could move with another draw of test images of the same counts.
-        interval = auroc_interval(labels, scores) if labels.numel() else None
+        interval = auroc_interval(labels, scores)
         metrics["auroc_interval"] = list(interval) if interval is not None else None
         metrics["by_defect_type"] = metrics_by_defect_type(
             scores, labels, self.defect_types, threshold

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc
 
+from anomaly_gan.evaluation.metrics import unit_interval
+
 #: Bootstrap resamples (with 2000 the interval's ends move by about 0.005-0.007 (one std)
 #: between resampling seeds on a 17 + 61 image set).
 RESAMPLES = 2000
@@ -31,12 +33,8 @@ SEED = 0
 
 def _unit(scores: Tensor) -> Tensor:
     """Min-max scaled into [0, 1] (rank-preserving; torchmetrics reads scores outside it
-    as logits)."""
-    scores = scores.detach().double().flatten().cpu()
-    low, high = scores.min(), scores.max()
-    if high <= low:
-        return torch.zeros_like(scores).float()
-    return ((scores - low) / (high - low)).float()
+    as logits), as :func:`.metrics.image_metrics` scales them."""
+    return unit_interval(scores.detach().double().flatten().cpu()).float()
 
 
 def auroc_interval(

@@ -25,7 +25,8 @@ from torchmetrics.functional.classification import (
 )
 
 
-def _unit_interval(scores: Tensor) -> Tensor:
+def unit_interval(scores: Tensor) -> Tensor:
+    """``scores`` min-max scaled into [0, 1] (all zeros when they are all equal)."""
     low, high = scores.min(), scores.max()
     if high <= low:
         return torch.zeros_like(scores)
@@ -49,7 +50,7 @@ def image_metrics(scores: Tensor, labels: Tensor, threshold: float) -> dict[str,
         "threshold": None if math.isnan(threshold) else threshold,
     }
     both_classes = n_normal > 0 and n_anomalous > 0
-    unit = _unit_interval(scores).float()
+    unit = unit_interval(scores).float()
     if both_classes:
         result["auroc"] = float(binary_auroc(unit, labels))
         result["average_precision"] = float(binary_average_precision(unit, labels))
