@@ -8,15 +8,26 @@ teaches it to replace whatever does not look normal by normal texture — the id
 denoising autoencoders, RIAD's inpainting and DRAEM's reconstructive network. Only normal
 training images are used; nothing here looks at test images or labels.
 
-Three defect shapes, each a soft-edged mask blended into the image:
+Five defect kinds, each a soft-edged mask blended into the image:
 
 - ``blob``: an ellipse darker or brighter than its surroundings (holes, stains, spots);
 - ``line``: a thin random segment (cracks, scratches);
 - ``patch``: a rectangle of texture cut from another place of another image of the batch
-  (CutPaste: a defect with realistic texture but the wrong structure there).
+  (CutPaste: a defect with realistic texture but the wrong structure there);
+- ``noise``: an ellipse whose pixels get Gaussian noise of 0.3-1 times the image's own
+  standard deviation (texture disturbed without a change of mean brightness: wear,
+  contamination, a rough or porous spot);
+- ``shift``: an ellipse of the image itself moved by 2-6 px (a local deformation, a cut,
+  a misplaced edge: right texture and brightness, wrong geometry).
 
-The discriminator still sees clean images as "real", so the generator is pushed towards
-normal-looking output; evaluation never corrupts anything.
+Training corruption draws from the first three by default (``TRAINING_KINDS``). The
+synthetic defects that *choose* things without labels (the PCA reference's ``k``, the
+companion sum, ``val/synthetic_auroc``) are noise ellipses (``VALIDATION_KINDS``): over a
+pool of no-learning detectors on four real inspection sets, choosing by them lost the
+least against choosing by the real defects (the whole pool's and the reference's ``k``
+choice together), and leaving one set out they were chosen in every fold
+(``bench/synthetic_fidelity.py``; docs/what-works.md, "Do synthetic defects rank
+detectors as the real defects do?").
 """
 
 from __future__ import annotations
@@ -28,7 +39,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-KINDS = ("blob", "line", "patch")
+KINDS = ("blob", "line", "patch", "noise", "shift")
+#: What training corruption draws from unless ``model.corruption.kinds`` says otherwise.
+TRAINING_KINDS = ("blob", "line", "patch")
+#: What the synthetic defects of label-free choices (validation) draw from.
+VALIDATION_KINDS = ("noise",)
 
 
 @dataclass(frozen=True)
@@ -41,7 +56,8 @@ class SyntheticDefects:
         min_size, max_size: defect extent as a fraction of the image side.
         min_contrast, max_contrast: intensity change of blobs and lines, in [-1, 1] units
             (the whole range is 2); the sign is random (darker or brighter).
-        kinds: which of ``blob``, ``line``, ``patch`` to draw from (uniformly).
+        kinds: which of ``blob``, ``line``, ``patch``, ``noise``, ``shift`` to draw from
+            (uniformly).
     """
 
     probability: float = 0.5
@@ -50,7 +66,7 @@ class SyntheticDefects:
     max_size: float = 0.25
     min_contrast: float = 0.2
     max_contrast: float = 0.8
-    kinds: tuple[str, ...] = KINDS
+    kinds: tuple[str, ...] = TRAINING_KINDS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(self.kinds))
@@ -103,6 +119,22 @@ class SyntheticDefects:
                 centre = (rand.uniform(0, height - 1), rand.uniform(0, width - 1))
                 if kind == "patch":
                     self._paste_patch(corrupted, image, index, extent, centre, rand)
+                    continue
+                if kind == "noise":
+                    mask = _ellipse(rows, cols, centre, extent, rand)
+                    spread = float(image[index].std()) * rand.uniform(0.3, 1.0)
+                    noise = spread * torch.randn(
+                        image[index].shape, generator=generator, dtype=image.dtype
+                    ).to(image.device)
+                    corrupted[index] = (corrupted[index] + noise * mask).clamp(-1.0, 1.0)
+                    continue
+                if kind == "shift":
+                    mask = _ellipse(rows, cols, centre, extent, rand)
+                    dy, dx = (
+                        rand.integer(2, 6) * (1 if rand.uniform() < 0.5 else -1) for _ in "yx"
+                    )
+                    moved = torch.roll(corrupted[index], shifts=(dy, dx), dims=(1, 2))
+                    corrupted[index] = corrupted[index] * (1 - mask) + moved * mask
                     continue
                 if kind == "blob":
                     mask = _ellipse(rows, cols, centre, extent, rand)

@@ -20,7 +20,7 @@ def _flat_batch(batch: int = 8, size: int = 32) -> Tensor:
     return (ramp.view(1, 1, size, 1) + 0 * ramp.view(1, 1, 1, size)).repeat(batch, 1, 1, 1)
 
 
-@pytest.mark.parametrize("kind", ["blob", "line", "patch"])
+@pytest.mark.parametrize("kind", ["blob", "line", "patch", "noise", "shift"])
 def test_each_kind_changes_a_small_region_and_keeps_the_range(kind: str) -> None:
     images = _flat_batch() if kind != "patch" else torch.rand(8, 3, 32, 32) * 2 - 1
     corrupt = SyntheticDefects(probability=1.0, max_defects=1, kinds=(kind,))
@@ -31,6 +31,37 @@ def test_each_kind_changes_a_small_region_and_keeps_the_range(kind: str) -> None
     per_image = changed.flatten(1).float().mean(dim=1)
     assert (per_image > 0).sum() >= 6, "almost every image must get its defect"
     assert per_image.max() < 0.5, "a defect is local, not a whole-image change"
+
+
+def test_noise_disturbs_texture_without_moving_brightness() -> None:
+    """A ``noise`` defect raises the local spread while the image's mean stays put, unlike
+    a blob, which moves it: the kind for wear or a rough spot rather than a stain."""
+    images = torch.zeros(16, 1, 64, 64)
+    images[..., ::2] = 0.2  # a fine texture of std 0.1, so the noise has a scale to follow
+    images -= 0.1
+    noisy = SyntheticDefects(probability=1.0, max_defects=1, kinds=("noise",))
+    out = noisy(images, torch.Generator().manual_seed(0))
+    change = out - images
+    assert change.abs().amax() > 0.03, "the noise must show"
+    assert change.abs().amax() < 1.0, "its size follows the image's own std (0.1), not the range"
+    changed = change.abs() > 0
+    local_mean = change.sum(dim=(1, 2, 3)) / changed.sum(dim=(1, 2, 3)).clamp(min=1)
+    assert local_mean.abs().max() < 0.05, "zero-mean noise: brightness is not the cue"
+    assert local_mean.mean().abs() < 0.01
+    blob = SyntheticDefects(probability=1.0, max_defects=1, kinds=("blob",))
+    blob_change = blob(images, torch.Generator().manual_seed(0)) - images
+    blob_mean = blob_change.sum(dim=(1, 2, 3)) / (blob_change != 0).sum(dim=(1, 2, 3)).clamp(min=1)
+    assert blob_mean.abs().min() > 0.05
+
+
+def test_label_free_choices_use_noise_training_the_three_shapes() -> None:
+    from anomaly_gan.corruption import KINDS, TRAINING_KINDS, VALIDATION_KINDS
+
+    assert SyntheticDefects().kinds == TRAINING_KINDS == ("blob", "line", "patch")
+    assert VALIDATION_KINDS == ("noise",) and set(VALIDATION_KINDS) <= set(KINDS)
+    model = Ganomaly(image_size=32, channels=3)
+    assert model.validation_defects is not None
+    assert model.validation_defects.kinds == VALIDATION_KINDS
 
 
 def test_input_is_not_modified_and_probability_zero_is_identity() -> None:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from anomaly_gan.corruption import SyntheticDefects
+from anomaly_gan.corruption import VALIDATION_KINDS, SyntheticDefects
 from anomaly_gan.evaluation.localization import pixel_metrics
 from anomaly_gan.evaluation.metrics import image_metrics
 from anomaly_gan.nets.pca import PcaReconstruction
@@ -174,7 +174,7 @@ def fit_pca(
         return pca, {}
     reference, held_out = validation[0::2], validation[1::2]
     generator = torch.Generator().manual_seed(SELECTION_SEED)
-    corrupted = SyntheticDefects(probability=1.0)(held_out, generator=generator)
+    corrupted = SyntheticDefects(probability=1.0, kinds=VALIDATION_KINDS)(held_out, generator)
     aurocs: dict[int, float] = {}
     for k in candidates:
         pca.k = k

@@ -40,7 +40,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from anomaly_gan.corruption import SyntheticDefects
+from anomaly_gan.corruption import VALIDATION_KINDS, SyntheticDefects
 from anomaly_gan.evaluation.reference import lists_normal_images
 from anomaly_gan.losses import GeneratorLoss, discriminator_loss, distance
 from anomaly_gan.models.step_checks import (
@@ -207,7 +207,11 @@ class GanAnomalyModule(L.LightningModule):
         self._defect_latent: list[Tensor] = []
         self._companion_maps: list[Tensor] = []
         self._companion_defect_maps: list[Tensor] = []
-        self.validation_defects = SyntheticDefects(probability=1.0) if validation_defects else None
+        self.validation_defects = (
+            SyntheticDefects(probability=1.0, kinds=VALIDATION_KINDS)
+            if validation_defects
+            else None
+        )
         #: None: read the step's losses every step on CPU and defer the reads on an
         #: accelerator (module docstring); True / False force one way (tests use True on CPU).
         self.sync_free_checks: bool | None = None
