@@ -40,6 +40,9 @@ from anomaly_gan.tiling import TileLayout, split_tiles, stitch_tiles
 PCA_COMPONENTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 #: Seed of the synthetic defects that choose ``k`` (fixed: the choice is reproducible).
 SELECTION_SEED = 0
+#: Defective copies of each held-out validation normal that choose ``k``: several draws
+#: steady the choice where a small set holds out only a few normals.
+SELECTION_COPIES = 4
 #: Images per chunk when maps are computed (bounds memory at large image sizes).
 CHUNK = 64
 #: Image metrics each reference reports.
@@ -159,7 +162,8 @@ def fit_pca(
     validation normals, and the AUROC of every ``k`` tried.
 
     The scorer's per-pixel statistics come from the even-numbered validation images; the
-    odd-numbered ones, clean and with pasted defects, are scored. Ties go to the smaller
+    odd-numbered ones are scored clean and as ``SELECTION_COPIES`` copies with pasted
+    defects (:data:`~anomaly_gan.corruption.VALIDATION_KINDS`). Ties go to the smaller
     ``k``. With fewer than 4 validation normals there is nothing to compare on and ``k`` is
     the fifth candidate (16) or the largest available. ``tile``: fit on tiles of that side
     and reconstruct frames tile by tile (``data.resize=tile``; the returned PCA works on tiles).
@@ -174,7 +178,8 @@ def fit_pca(
         return pca, {}
     reference, held_out = validation[0::2], validation[1::2]
     generator = torch.Generator().manual_seed(SELECTION_SEED)
-    corrupted = SyntheticDefects(probability=1.0, kinds=VALIDATION_KINDS)(held_out, generator)
+    defects = SyntheticDefects(probability=1.0, kinds=VALIDATION_KINDS)
+    corrupted = torch.cat([defects(held_out, generator) for _ in range(SELECTION_COPIES)])
     aurocs: dict[int, float] = {}
     for k in candidates:
         pca.k = k
