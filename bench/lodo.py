@@ -11,6 +11,14 @@ docs/what-works.md). Each model in the files is compared on its own. For every d
 out, the setting with the best mean image AUROC on the *other* sets is chosen, and its rank
 on the held-out set is printed: a setting deserves to be a default only if the choice made
 without a set also does well on it. Only settings measured on every set compete.
+
+A small test part is a noisy judge (the tyres' selection part has 8 normal images, and one
+image moves its AUROC by 1/8). Where the runs carry ``auroc_interval`` (the 95 % bootstrap
+interval every run reports), the mean over the other sets weighs each set by the inverse
+square of its mean interval width, as an inverse-variance mean would, and each held-out
+line says whether the chosen setting's gap to the best there is inside half that set's
+interval (a tie at this test size). ``--equal-weights`` restores the plain mean; files
+without intervals get it anyway.
 """
 
 from __future__ import annotations
@@ -45,7 +53,29 @@ def _mean(rows: list[dict], key: str) -> float:
     return statistics.mean(row[key] for row in rows)
 
 
-def compare(model: str, runs: dict[tuple[str, str], list[dict]]) -> None:
+def interval_widths(
+    runs: dict[tuple[str, str], list[dict]], datasets: list[str]
+) -> dict[str, float] | None:
+    """Mean width of the image AUROC's 95 % interval per data set, or None where a set's
+    runs carry none (files made before runs reported intervals)."""
+    widths: dict[str, float] = {}
+    for dataset in datasets:
+        spans = [
+            row["auroc_interval"][1] - row["auroc_interval"][0]
+            for (_, name), rows in runs.items()
+            if name == dataset
+            for row in rows
+            if row.get("auroc_interval")
+        ]
+        if not spans:
+            return None
+        widths[dataset] = max(statistics.mean(spans), 1e-3)
+    return widths
+
+
+def compare(
+    model: str, runs: dict[tuple[str, str], list[dict]], equal_weights: bool = False
+) -> None:
     """Print one model's table (means over seeds) and its leave-one-set-out choices."""
     settings = sorted({setting for setting, _ in runs})
     datasets = list(dict.fromkeys(dataset for _, dataset in runs))
@@ -71,25 +101,52 @@ def compare(model: str, runs: dict[tuple[str, str], list[dict]]) -> None:
     seeds = {cell: sorted(row["seed"] for row in runs[cell]) for cell in runs}
     if len({tuple(seeds[(s, d)]) for s in complete for d in datasets}) > 1:
         print("\nWarning: the settings were not measured at the same seeds (see the table).")
-    print("\nLeave one data set out (chosen by the mean image AUROC on the other sets):")
+    widths = None if equal_weights else interval_widths(runs, datasets)
+    weight = {d: 1.0 if widths is None else widths[d] ** -2 for d in datasets}
+    if widths is None:
+        print("\nLeave one data set out (chosen by the mean image AUROC on the other sets):")
+    else:
+        print(
+            "\nLeave one data set out (chosen by the mean image AUROC on the other sets, each "
+            "weighted by 1 / width² of its 95 % interval; widths "
+            + ", ".join(f"{d} {widths[d]:.3f}" for d in datasets)
+            + "):"
+        )
+
+    def weighted(setting: str, others: list[str]) -> float:
+        total = sum(weight[d] for d in others)
+        return sum(weight[d] * auroc[(setting, d)] for d in others) / total
+
     for held_out in datasets:
         others = [d for d in datasets if d != held_out]
-        chosen = max(complete, key=lambda s: statistics.mean(auroc[(s, d)] for d in others))
+        chosen = max(complete, key=lambda s: weighted(s, others))
         ranking = sorted(complete, key=lambda s: -auroc[(s, held_out)])
         best = ranking[0]
+        gap = auroc[(best, held_out)] - auroc[(chosen, held_out)]
+        tie = (
+            ""
+            if widths is None or gap == 0
+            else f"; gap {gap:.3f} {'inside' if gap < widths[held_out] / 2 else 'beyond'} "
+            f"half the set's interval ({widths[held_out] / 2:.3f})"
+        )
         print(
             f"- held out {held_out}: chosen {chosen}, {auroc[(chosen, held_out)]:.3f} "
             f"there (rank {ranking.index(chosen) + 1} of {len(complete)}; best there {best} "
-            f"{auroc[(best, held_out)]:.3f})"
+            f"{auroc[(best, held_out)]:.3f}{tie})"
         )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", type=Path, help="bench/quality.py JSON files")
+    parser.add_argument(
+        "--equal-weights",
+        action="store_true",
+        help="plain mean over the other sets, however wide their intervals",
+    )
     args = parser.parse_args()
     for model, runs in load(args.results).items():
-        compare(model, runs)
+        compare(model, runs, args.equal_weights)
 
 
 if __name__ == "__main__":
