@@ -228,7 +228,7 @@ class Anogan(GanAnomalyModule):
                 "model=anogan takes no corruption: its generator maps noise, not an input "
                 "image, to an image (use model/corruption=none)."
             )
-        if core.get("companion"):
+        if core.pop("companion", None):
             raise ValueError(
                 "model=anogan takes no companion: its scores come from a per-image latent "
                 "search whose scale changes with the number of search steps, so they cannot "
@@ -248,6 +248,7 @@ class Anogan(GanAnomalyModule):
             image_size=image_size,
             channels=channels,
             validation_defects=validation_defects,
+            companion=None,
             **core,
         )
         if self.loss_fn.w_con or self.loss_fn.w_enc or self.loss_fn.w_ssim:

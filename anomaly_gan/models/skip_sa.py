@@ -22,8 +22,8 @@ instead of BCE (``GeneratorLoss()``, conf/loss/feature_matching_l1.yaml: with th
 weights the generator barely learns to reconstruct, docs/what-works.md) and the
 difference-map score
 (:data:`anomaly_gan.scoring.DEFAULT_SCORER`), summed with the no-learning PCA reference's score
-(``companion="pca"``, :mod:`anomaly_gan.pca_companion`; chosen on four real sets, where it
-helped every held-out set for Skip-SA alone). The paper setting (width 64, attention and
+(``companion="pca"``, :mod:`anomaly_gan.pca_companion`, every architecture's default; for
+Skip-SA it helped every held-out set of four real sets). The paper setting (width 64, attention and
 skips on every level, its loss, the 0.9 / 0.1 score alone) is ``model=skip_sa_paper``
 (conf/model/skip_sa_paper.yaml).
 
@@ -71,9 +71,6 @@ class SkipSelfAttentionGan(GanAnomalyModule):
         skip_levels: Sequence[int] | None = (),
         **core: Any,
     ) -> None:
-        # The project's Skip-SA sums its score with the PCA reference's (conf/model/skip_sa.yaml
-        # says why); companion=None is the paper's score alone.
-        core.setdefault("companion", "pca")
         super().__init__(image_size=image_size, channels=channels, **core)
         base_width = self.resolve_base_width(base_width)
         check_image_size(image_size, supported_sizes(depth), f"Skip-SA (depth {depth})")
