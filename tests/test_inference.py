@@ -197,7 +197,9 @@ def test_predict_cli_scores_folder_and_names_bad_files(
         path = Path(row["path"])
         with torch.no_grad():  # eval mode (load_model), one image alone
             expected = loaded.model(_reference_tensor(path, 32).unsqueeze(0))
-        assert float(row["score"]) == pytest.approx(float(expected), rel=1e-5, abs=1e-7)
+        # abs 1e-5: the score sums the PCA companion's, in units of the validation normals'
+        # spread, and its float32 projection rounds differently in a batch of 2 than alone.
+        assert float(row["score"]) == pytest.approx(float(expected), rel=1e-5, abs=1e-5)
         assert float(row["threshold"]) == threshold
         assert row["anomalous"] == ("yes" if float(row["score"]) >= threshold else "no")
         overlay = cv2.imread(row["overlay"], cv2.IMREAD_UNCHANGED)

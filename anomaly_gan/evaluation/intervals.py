@@ -86,4 +86,6 @@ def auroc_interval(
         values[index] = aurocs[0] - (aurocs[1] if baseline is not None else 0.0)
     tail = (1.0 - level) / 2
     low, high = torch.quantile(values, torch.tensor([tail, 1.0 - tail], dtype=torch.float64))
-    return float(low), float(high)
+    # float32 AUROCs of a perfect ranking can come out a rounding step above 1.
+    floor = -1.0 if baseline is not None else 0.0
+    return max(float(low), floor), min(float(high), 1.0)
