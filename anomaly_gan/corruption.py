@@ -120,29 +120,27 @@ class SyntheticDefects:
                 if kind == "patch":
                     self._paste_patch(corrupted, image, index, extent, centre, rand)
                     continue
-                if kind == "noise":
+                if kind == "line":
+                    mask = _segment(rows, cols, centre, extent, rand)
+                else:
                     mask = _ellipse(rows, cols, centre, extent, rand)
+                current = corrupted[index]
+                if kind == "noise":
                     spread = float(image[index].std()) * rand.uniform(0.3, 1.0)
                     noise = spread * torch.randn(
-                        image[index].shape, generator=generator, dtype=image.dtype
+                        current.shape, generator=generator, dtype=image.dtype
                     ).to(image.device)
-                    corrupted[index] = (corrupted[index] + noise * mask).clamp(-1.0, 1.0)
-                    continue
-                if kind == "shift":
-                    mask = _ellipse(rows, cols, centre, extent, rand)
+                    corrupted[index] = (current + noise * mask).clamp(-1.0, 1.0)
+                elif kind == "shift":
                     dy, dx = (
                         rand.integer(2, 6) * (1 if rand.uniform() < 0.5 else -1) for _ in "yx"
                     )
-                    moved = torch.roll(corrupted[index], shifts=(dy, dx), dims=(1, 2))
-                    corrupted[index] = corrupted[index] * (1 - mask) + moved * mask
-                    continue
-                if kind == "blob":
-                    mask = _ellipse(rows, cols, centre, extent, rand)
-                else:
-                    mask = _segment(rows, cols, centre, extent, rand)
-                contrast = rand.uniform(self.min_contrast, self.max_contrast)
-                sign = 1.0 if rand.uniform() < 0.5 else -1.0
-                corrupted[index] = (corrupted[index] + sign * contrast * mask).clamp(-1.0, 1.0)
+                    moved = torch.roll(current, shifts=(dy, dx), dims=(1, 2))
+                    corrupted[index] = current * (1 - mask) + moved * mask
+                else:  # blob, line: a darker or brighter mark
+                    contrast = rand.uniform(self.min_contrast, self.max_contrast)
+                    sign = 1.0 if rand.uniform() < 0.5 else -1.0
+                    corrupted[index] = (current + sign * contrast * mask).clamp(-1.0, 1.0)
         return corrupted
 
     @staticmethod
