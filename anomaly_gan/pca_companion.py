@@ -12,7 +12,7 @@ latent term) on the PCA reconstruction of ``x``, and μ, σ are the mean and sta
 deviation of each detector's scores of the validation normals that its calibration held out
 (the odd-numbered ones, as the threshold). The PCA is the reference's own
 (:func:`~anomaly_gan.evaluation.reference.fit_pca`): fitted on the training normals when
-training starts, ``k`` chosen on synthetic defects pasted into validation normals; it is
+training starts, ``k`` the largest candidate below their number; it is
 saved in the checkpoint and exported with the model. Its honest reference is the best
 no-learning detector of either recipe: the mean image and the PCA scored alone, and the same
 sum with the mean image in the generator's place (with the PCA there, the sum ranks as the
@@ -92,8 +92,6 @@ class PcaCompanion(nn.Module):
         self.scorer = reference_scorer(scorer_config)
         self.tile = tile
         self.choose = choose
-        #: How ``k`` was chosen (the validation AUROC of every ``k`` tried); not saved.
-        self.selection: dict[int, float] = {}
         for name in ("model_center", "model_scale", "pca_center", "pca_scale"):
             self.register_buffer(name, torch.tensor(math.nan))
         # The PCA term's weight (1: summed in, 0: the model's score alone) and, under
@@ -123,20 +121,17 @@ class PcaCompanion(nn.Module):
         return self.fitted and self._calibrated
 
     @torch.no_grad()
-    def fit(self, train: Tensor, validation: Tensor, threshold_quantile: float) -> None:
-        """Fit the PCA on training normals and choose ``k`` on validation normals, as the
-        reference does (:func:`~anomaly_gan.evaluation.reference.fit_pca`)."""
+    def fit(self, train: Tensor) -> None:
+        """Fit the PCA on training normals as the reference does
+        (:func:`~anomaly_gan.evaluation.reference.fit_pca`)."""
         tiled = tuple(train.shape[-2:]) != (self.tile, self.tile)
-        config = self.scorer.to_config()
-        pca, self.selection = fit_pca(
-            train, validation, config, threshold_quantile, self.tile if tiled else None
-        )
+        pca = fit_pca(train, self.tile if tiled else None)
         pca.truncate()
         self.pca = pca.to(self.pca_center.device)
 
-    def fit_on(self, datamodule: Any, threshold_quantile: float) -> None:
-        """:meth:`fit` on the training and validation normals of ``datamodule``."""
-        self.fit(*normal_images(datamodule), threshold_quantile)
+    def fit_on(self, datamodule: Any) -> None:
+        """:meth:`fit` on the training normals of ``datamodule``."""
+        self.fit(normal_images(datamodule)[0])
 
     def reconstruct(self, images: Tensor) -> Tensor:
         """The PCA reconstruction of images or of tiled frames, same shape, in float32

@@ -111,7 +111,7 @@ def probe(run_dir: Path, args: argparse.Namespace) -> dict:
     scorer_config = model.scorer.to_config()
     quantile = float(model.hparams["threshold_quantile"])
     companion = PcaCompanion(scorer_config, model.hparams["image_size"])
-    companion.fit(train, validation, quantile)
+    companion.fit(train)
     companion.calibrate(
         scores_of(model, validation[model.scorer.held_out(validation.shape[0])]),
         scores_of(companion.error_map, validation),

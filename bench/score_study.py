@@ -175,11 +175,11 @@ def reconstruct(model: Any, images: Tensor) -> Tensor:
 
 @torch.no_grad()
 def references(images: SetImages, grid: dict[str, dict[str, Any]], quantile: float) -> dict:
-    """Mean / PCA reference AUROC under every variant (k chosen per variant, as in runs)."""
+    """Mean / PCA reference AUROC under every variant (the PCA's ``k`` as in runs)."""
     out: dict[str, dict[str, Any]] = {}
     mean = MeanReconstruction(images.train)
+    pca = fit_pca(images.train)
     for name, config in grid.items():
-        pca, _ = fit_pca(images.train, images.validation, config, quantile)
         cell: dict[str, Any] = {"k": pca.k}
         for ref_name, recon in (("mean", mean), ("pca", pca)):
             cell[ref_name] = evaluate_maps(

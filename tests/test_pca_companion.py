@@ -11,7 +11,7 @@ import torch
 
 from anomaly_gan.data import SyntheticDataModule
 from anomaly_gan.evaluation.reference import normal_images, reference_metrics
-from anomaly_gan.models import Anogan, Ganomaly
+from anomaly_gan.models import Anogan, Ganomaly, SkipGanomaly
 from anomaly_gan.models.checkpoint import load_model
 from anomaly_gan.onnx_export import export_onnx, verify_onnx
 from anomaly_gan.pca_companion import PcaCompanion
@@ -64,6 +64,8 @@ def test_companion_is_fitted_on_training_normals_and_travels_in_the_checkpoint(
     assert torch.allclose(companion.pca.mean, train.flatten(1).mean(0), atol=1e-5)
     assert not torch.allclose(companion.pca.mean, validation.flatten(1).mean(0), atol=1e-3)
     assert companion.pca.directions.shape[1] == companion.pca.k  # truncated to k
+    # k: the largest candidate below the number of training normals (32 of them here).
+    assert train.shape[0] == 32 and companion.pca.k == 16
     for name in ("model_center", "model_scale", "pca_center", "pca_scale"):
         assert torch.isfinite(getattr(companion, name)), name
     assert torch.isfinite(model.threshold)
@@ -91,11 +93,27 @@ def test_companion_is_fitted_on_training_normals_and_travels_in_the_checkpoint(
     assert max(verify_onnx(loaded, onnx_path, batch_sizes=(3,)).values()) <= 1e-4
 
 
+def test_the_companion_does_not_change_what_the_model_learns(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    # Fitting the PCA reads the normals through loaders, which draw seeds from the global
+    # RNG; Skip-GANomaly's training defects, drawn from it too, must not move with it.
+    weights = {}
+    for companion in ("pca", None):
+        L.seed_everything(3)
+        model = SkipGanomaly(image_size=32, channels=3, companion=companion)
+        _trainer(tmp_path).fit(model, datamodule=_datamodule(cache_dir))
+        weights[companion] = model.generator.state_dict()
+    assert weights["pca"].keys() == weights[None].keys()
+    for name, tensor in weights["pca"].items():
+        assert torch.equal(tensor, weights[None][name]), name
+
+
 def test_summed_scores_of_held_out_normals_are_centred() -> None:
     torch.manual_seed(0)
     train, validation = torch.rand(24, 1, 32, 32), torch.rand(12, 1, 32, 32)
     companion = PcaCompanion(dict(DEFAULT_SCORER), tile=32)
-    companion.fit(train, validation, threshold_quantile=0.95)
+    companion.fit(train)
     maps = companion.error_map(validation)
     model_scores = torch.rand(6) * 10 + 3  # the model's held-out scores, any scale
     parts = companion.calibrate(model_scores, maps, threshold_quantile=0.95)
@@ -133,7 +151,7 @@ def test_auto_sums_the_pca_in_only_where_it_separates_synthetic_defects_better()
     torch.manual_seed(0)
     companion = PcaCompanion(dict(DEFAULT_SCORER), tile=32, choose=True)
     train, validation = torch.rand(24, 1, 32, 32), torch.rand(12, 1, 32, 32)
-    companion.fit(train, validation, threshold_quantile=0.95)
+    companion.fit(train)
     companion.calibrate(torch.rand(6), companion.error_map(validation), threshold_quantile=0.95)
     normals, noise = torch.randn(40, 2), torch.randn(40, 2)
     # The PCA separates the pasted defects, the model does not: the sum is kept.

@@ -9,6 +9,7 @@ import torch
 
 from anomaly_gan.data import SyntheticDataModule
 from anomaly_gan.evaluation.reference import (
+    PCA_COMPONENTS,
     MeanReconstruction,
     PcaReconstruction,
     reference_metrics,
@@ -64,7 +65,10 @@ def test_reference_block_uses_training_normals_only(tmp_path: Path, cache_dir: P
         assert -1e-6 <= block[name]["auroc"] <= 1 + 1e-6
     assert block["best"] in ("mean", "pca")
     assert block["auroc"] == max(block["mean"]["auroc"], block["pca"]["auroc"])
-    assert "validation normals" in block["pca"]["k_chosen_by"]
+    # k: the largest candidate below the number of training normals, as results.json says.
+    n_train = len(datamodule.train_samples)
+    assert block["pca"]["k"] == max(k for k in PCA_COMPONENTS if k < n_train)
+    assert "largest" in block["pca"]["k_chosen_by"]
 
     # Test labels never reach k or the threshold: flipping them mirrors the AUROC and
     # changes nothing else the reference chose.

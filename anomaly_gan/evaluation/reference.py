@@ -6,9 +6,8 @@ the *training normals* alone:
 
 - ``mean``: every image is "reconstructed" as the mean training image;
 - ``pca``: every image is reconstructed from its projection onto the top ``k`` principal
-  directions of the training normals. ``k`` is chosen without test labels: synthetic
-  defects (:mod:`anomaly_gan.corruption`) are pasted into the validation normals and the
-  ``k`` whose score separates them best from the clean validation normals wins.
+  directions of the training normals, ``k`` the largest candidate below their number
+  (:func:`fit_pca` says why).
 
 Both are scored by a copy of the model's own scorer (same map norm, smoothing, per-pixel
 standardisation by validation normals, pooling; its latent term has no counterpart here and
@@ -29,20 +28,21 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from anomaly_gan.corruption import VALIDATION_KINDS, SyntheticDefects
 from anomaly_gan.evaluation.localization import pixel_metrics
 from anomaly_gan.evaluation.metrics import image_metrics
 from anomaly_gan.nets.pca import PcaReconstruction
-from anomaly_gan.scoring import AnomalyScore, separation_auroc, threshold_from_normals
+from anomaly_gan.scoring import AnomalyScore, threshold_from_normals
 from anomaly_gan.tiling import TileLayout, split_tiles, stitch_tiles
 
 #: Candidate PCA sizes; those >= the number of training normals are dropped.
 PCA_COMPONENTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-#: Seed of the synthetic defects that choose ``k`` (fixed: the choice is reproducible).
+#: Seed of the subset of training tiles the tiled PCA is fitted on (reproducible).
 SELECTION_SEED = 0
-#: Defective copies of each held-out validation normal that choose ``k``: several draws
-#: steady the choice where a small set holds out only a few normals.
-SELECTION_COPIES = 4
+#: How ``k`` is chosen, as ``results.json`` says (:func:`fit_pca`).
+K_CHOSEN_BY = (
+    "the largest candidate below the number of training normals (tiles): the validation "
+    "normals' reconstruction error falls with every direction added"
+)
 #: Images per chunk when maps are computed (bounds memory at large image sizes).
 CHUNK = 64
 #: Image metrics each reference reports.
@@ -151,45 +151,21 @@ def _calibrated(
     return scorer, scorer.calibrate(maps, maps.new_zeros(maps.shape[0]), quantile)
 
 
-def fit_pca(
-    train: Tensor,
-    validation: Tensor,
-    scorer_config: dict[str, Any],
-    quantile: float,
-    tile: int | None = None,
-) -> tuple[PcaReconstruction, dict[int, float]]:
-    """The PCA reconstruction whose ``k`` best separates synthetically defective from clean
-    validation normals, and the AUROC of every ``k`` tried.
+def fit_pca(train: Tensor, tile: int | None = None) -> PcaReconstruction:
+    """The PCA reconstruction of the training normals with the largest candidate ``k``
+    (:data:`PCA_COMPONENTS`) below their number.
 
-    The scorer's per-pixel statistics come from the even-numbered validation images; the
-    odd-numbered ones are scored clean and as ``SELECTION_COPIES`` copies with pasted
-    defects (:data:`~anomaly_gan.corruption.VALIDATION_KINDS`). Ties go to the smaller
-    ``k``. With fewer than 4 validation normals there is nothing to compare on and ``k`` is
-    the fifth candidate (16) or the largest available. ``tile``: fit on tiles of that side
-    and reconstruct frames tile by tile (``data.resize=tile``; the returned PCA works on tiles).
+    The choice needs no labels and no synthetic defects: the validation normals'
+    reconstruction error falls with every direction added (the subspaces are nested), so a
+    choice on it is always the largest ``k``; and on four real sets, leaving one set out,
+    the largest ``k`` lost less against the best ``k`` than choosing on any kind of pasted
+    defect (docs/what-works.md, "The noise ellipses are faint"). ``tile``: fit on tiles of
+    that side and reconstruct frames tile by tile (``data.resize=tile``; the returned PCA
+    works on tiles).
     """
     samples = training_tiles(train, tile) if tile is not None else train
     candidates = [k for k in PCA_COMPONENTS if k < samples.shape[0]] or [1]
-    pca = PcaReconstruction(samples, max(candidates))
-    reconstruct = TiledReconstruction(pca, tile) if tile is not None else pca
-    candidates = [k for k in candidates if k <= pca.k]
-    if validation.shape[0] < 4:
-        pca.k = candidates[min(len(candidates) - 1, 4)]
-        return pca, {}
-    reference, held_out = validation[0::2], validation[1::2]
-    generator = torch.Generator().manual_seed(SELECTION_SEED)
-    defects = SyntheticDefects(probability=1.0, kinds=VALIDATION_KINDS)
-    corrupted = torch.cat([defects(held_out, generator) for _ in range(SELECTION_COPIES)])
-    aurocs: dict[int, float] = {}
-    for k in candidates:
-        pca.k = k
-        scorer, _ = _calibrated(scorer_config, reconstruct, reference, quantile)
-        aurocs[k] = separation_auroc(
-            scorer.score_error_maps(_error_maps(scorer, reconstruct, held_out)),
-            scorer.score_error_maps(_error_maps(scorer, reconstruct, corrupted)),
-        )
-    pca.k = max(aurocs, key=lambda k: (aurocs[k], -k))
-    return pca, aurocs
+    return PcaReconstruction(samples, max(candidates))
 
 
 def centre_and_spread(normal_scores: Tensor) -> tuple[float, float]:
@@ -217,7 +193,7 @@ def reference_metrics(
     their pixel AUROC / AUPRO (on the map the model shows) where the test set has masks.
 
     Uses the training normals to build the reconstructions and the validation normals to
-    calibrate the scorer and choose ``k``; test labels only to compute the metrics.
+    calibrate the scorer; test labels only to compute the metrics.
     ``companion``: the model sums its score with the PCA's (``model.companion=pca``); the
     block then also holds ``mean+pca``, the same sum with the mean image in the generator's
     place (with the PCA there the sum ranks as the PCA alone), and the better reference is
@@ -227,7 +203,7 @@ def reference_metrics(
     """
     train, validation = normal_images(datamodule)
     tile = datamodule.image_size if datamodule.geometry.tiled else None
-    pca, selection = fit_pca(train, validation, scorer_config, threshold_quantile, tile)
+    pca = fit_pca(train, tile)
     references = {
         "mean": MeanReconstruction(train),
         "pca": TiledReconstruction(pca, tile) if tile is not None else pca,
@@ -238,13 +214,6 @@ def reference_metrics(
         scorers[name], held_out[name] = _calibrated(
             scorer_config, reconstruct, validation, threshold_quantile
         )
-    k_chosen_by = (
-        "synthetic defects pasted into validation normals (AUROC per k: "
-        + ", ".join(f"{c}: {a:.3f}" for c, a in selection.items())
-        + ")"
-        if selection
-        else "default (fewer than 4 validation normals)"
-    )
     results: dict[str, dict[str, Any]] = {}
     for name, loader in zip(
         datamodule.test_category_names, datamodule.test_dataloader(), strict=True
@@ -292,7 +261,7 @@ def reference_metrics(
                 "the generator's place"
             )
             candidates.append("mean+pca")
-        block["pca"].update(k=pca.k, k_chosen_by=k_chosen_by)
+        block["pca"].update(k=pca.k, k_chosen_by=K_CHOSEN_BY)
         aurocs = {n: block[n]["auroc"] for n in candidates if block[n]["auroc"] is not None}
         best = max(aurocs, key=aurocs.__getitem__) if aurocs else None
         block["best"], block["auroc"] = best, aurocs.get(best)

@@ -243,10 +243,13 @@ class GanAnomalyModule(L.LightningModule):
                 "plain DataLoaders" if datamodule is None else type(datamodule).__name__,
             )
             return
-        self.companion.fit_on(datamodule, self.hparams.threshold_quantile)
+        # Reading the normals draws loader seeds from the global RNG: fork it, so that the
+        # model trains on the same batches, and to the same weights, with or without it.
+        with torch.random.fork_rng(devices=[]):
+            self.companion.fit_on(datamodule)
         log.info(
-            "model.companion=%s: PCA of the training normals with k=%d (chosen on "
-            "synthetic defects in the validation normals).",
+            "model.companion=%s: PCA of the training normals with k=%d (the largest "
+            "candidate below their number).",
             self.hparams.companion,
             self.companion.pca.k,
         )
