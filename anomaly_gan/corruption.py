@@ -21,13 +21,14 @@ Five defect kinds, each a soft-edged mask blended into the image:
   a misplaced edge: right texture and brightness, wrong geometry).
 
 Training corruption draws from the first three by default (``TRAINING_KINDS``). The
-synthetic defects that *choose* things without labels (the PCA reference's ``k``, the
-companion sum, ``val/synthetic_auroc``) are noise ellipses (``VALIDATION_KINDS``): over a
-pool of no-learning detectors on four real inspection sets, choosing by them lost the
-least against choosing by the real defects (the whole pool's and the reference's ``k``
-choice together), and leaving one set out they were chosen in every fold
+synthetic defects that *choose* things without labels (``model.companion=auto``,
+``val/synthetic_auroc``) are noise ellipses (``VALIDATION_KINDS``): over a pool of
+no-learning detectors on four real inspection sets, choosing by them lost the least against
+choosing by the real defects (the whole pool's and the PCA reference's ``k`` choice
+together), and leaving one set out they were chosen in every fold
 (``bench/synthetic_fidelity.py``; docs/what-works.md, "Do synthetic defects rank
-detectors as the real defects do?").
+detectors as the real defects do?"). For the PCA's ``k`` alone the plain rule "the
+largest" lost even less, and is what the reference now uses.
 """
 
 from __future__ import annotations
