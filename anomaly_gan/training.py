@@ -7,6 +7,7 @@ happens, the run directory ends with a ``results.json`` that says how the run en
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import sys
@@ -131,7 +132,13 @@ def _log_to_wandb(trainer: L.Trainer, results: dict[str, Any], run_dir: Path) ->
         logger.log_table(key="test/results", columns=columns, data=rows)
         for category, files in results.get("artifacts", {}).items():
             for kind, relative in files.items():
-                logger.log_image(key=f"test/{category}/{kind}", images=[str(run_dir / relative)])
+                key, path = f"test/{category}/{kind}", run_dir / relative
+                if path.suffix == ".csv":  # the per-image scores, as a sortable table
+                    with path.open(newline="") as handle:
+                        header, *rows = list(csv.reader(handle))
+                    logger.log_table(key=key, columns=header, data=rows)
+                else:
+                    logger.log_image(key=key, images=[str(path)])
 
 
 def _finish_wandb() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from anomaly_gan.evaluation.image_scores import ImageScores, read_image_scores
 from tests.conftest import REPO_ROOT, run_train
 from tests.wandb_offline import read_offline_run
 
@@ -177,9 +178,20 @@ def test_run_artifacts_and_offline_wandb_run(tmp_path: Path, cache_dir: Path) ->
     metrics = results["categories"]["textile"]
     assert 0 <= metrics["pixel_auroc"] <= 1 and 0 <= metrics["aupro"] <= 1
     artifacts = results["artifacts"]["textile"]
-    assert set(artifacts) == {"roc", "histogram", "confusion_matrix", "samples"}
-    for relative in artifacts.values():
-        assert (run_dir / relative).stat().st_size > 5_000
+    figures = {"roc", "histogram", "confusion_matrix", "samples"}
+    assert set(artifacts) == figures | {"scores"}
+    for kind in figures:
+        assert (run_dir / artifacts[kind]).stat().st_size > 5_000
+    # Every test image's score, as the run ranked them (and the better reference's).
+    table = read_image_scores(run_dir / artifacts["scores"])
+    assert len(table.image_paths) == metrics["n_images"]
+    assert table.auroc() == pytest.approx(metrics["auroc"], abs=1e-6)
+    reference = metrics["reference"]
+    assert table.reference_scores is not None
+    reference_table = ImageScores(
+        table.image_paths, table.defect_types, table.labels, table.reference_scores, None
+    )
+    assert reference_table.auroc() == pytest.approx(reference["auroc"], abs=1e-6)
 
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
     written = read_offline_run(offline)
@@ -188,6 +200,7 @@ def test_run_artifacts_and_offline_wandb_run(tmp_path: Path, cache_dir: Path) ->
     for key in ("train/g_adv", "train/g_con", "train/g_enc", "train/d", "val/con"):
         assert key in history, key
     assert history["test/results/_type"] == "table-file"
+    assert history["test/textile/scores/_type"] == "table-file"
     assert history["test/textile/samples/_type"] == "images/separated"
     media = list((offline / "files" / "media" / "images").rglob("*.png"))
     assert len(media) == 4

@@ -30,7 +30,8 @@ PLOTS_DIR = "plots"
 GROUPS = ((0, "normal"), (1, "anomalous"))
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """``name`` as one file or folder name (test set names may hold slashes or spaces)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
@@ -145,7 +146,7 @@ def write_test_artifacts(
 
     Returns the files written, relative to ``run_dir`` (``results.json``'s ``artifacts``).
     """
-    folder = run_dir / PLOTS_DIR / _safe(category)
+    folder = run_dir / PLOTS_DIR / safe_name(category)
     scores, labels = outputs.all_scores, outputs.all_labels
     files: dict[str, Path] = {}
     if metrics.get("auroc") is not None:

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from anomaly_gan.evaluation.artifacts import ExtremeSamples, write_test_artifacts
 from anomaly_gan.evaluation.collected_outputs import CollectedOutputs
+from anomaly_gan.evaluation.image_scores import ImageScores, scores_file, write_image_scores
 from anomaly_gan.evaluation.intervals import auroc_interval
 from anomaly_gan.evaluation.reference import lift, reference_metrics
 
@@ -44,7 +45,8 @@ class TestEvaluator(Callback):
             ``results[category]["reference"]``.
 
     After ``trainer.test``: :attr:`results` maps each test category to its metrics,
-    :attr:`artifacts` to its figure files (relative to ``output_dir``).
+    :attr:`artifacts` to its figure files and its per-image score table
+    (:mod:`.image_scores`; relative to ``output_dir``).
     """
 
     __test__ = False  # not a pytest test class, despite the name
@@ -62,10 +64,12 @@ class TestEvaluator(Callback):
         self.artifacts: dict[str, dict[str, str]] = {}
         self._outputs: dict[int, CollectedOutputs] = {}
         self._samples: dict[int, ExtremeSamples] = {}
+        # Each test set's better reference: its name and its scores (test loader order).
+        self._reference_scores: dict[str, tuple[str, Tensor]] = {}
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.results, self.artifacts = {}, {}
-        self._outputs, self._samples = {}, {}
+        self._outputs, self._samples, self._reference_scores = {}, {}, {}
 
     def on_test_batch_end(
         self,
@@ -109,17 +113,37 @@ class TestEvaluator(Callback):
                     pl_module.log(f"test/{name}/{key}", value)
         if self.reference:
             self._add_reference(trainer, pl_module, scored)
-        if self.output_dir is not None:  # figures once every metric is in
+        if self.output_dir is not None:
+            # The per-image scores first: a figure that cannot be drawn must not lose them.
             for index, name in named.items():
-                self.artifacts[name] = write_test_artifacts(
-                    self.output_dir,
-                    name,
-                    self.results[name],
-                    self._outputs[index],
-                    self._samples.get(index),
-                    threshold,
+                path = self._write_scores(self.output_dir, name, self._outputs[index], threshold)
+                self.artifacts[name] = {"scores": str(path.relative_to(self.output_dir))}
+            for index, name in named.items():  # figures once every metric is in
+                self.artifacts[name].update(
+                    write_test_artifacts(
+                        self.output_dir,
+                        name,
+                        self.results[name],
+                        self._outputs[index],
+                        self._samples.get(index),
+                        threshold,
+                    )
                 )
-        self._outputs, self._samples = {}, {}
+        self._outputs, self._samples, self._reference_scores = {}, {}, {}
+
+    def _write_scores(
+        self, run_dir: Path, name: str, outputs: CollectedOutputs, threshold: float
+    ) -> Path:
+        """``scores/<name>.csv``: every test image's score beside the better reference's."""
+        reference_name, reference = self._reference_scores.get(name, (None, None))
+        scores = ImageScores(
+            outputs.image_paths,
+            outputs.defect_types,
+            outputs.all_labels,
+            outputs.all_scores,
+            reference,
+        )
+        return write_image_scores(scores_file(run_dir, name), scores, threshold, reference_name)
 
     def _add_reference(
         self,
@@ -159,6 +183,8 @@ class TestEvaluator(Callback):
                 continue
             block["lift"] = lift(metrics.get("auroc"), block)
             block["lift_interval"] = _lift_interval(scored.get(name), best_scores.get(name))
+            if _same_images(scored.get(name), best_scores.get(name)):
+                self._reference_scores[name] = (str(block["best"]), best_scores[name][1])
             metrics["reference"] = block
             if block["lift"] is not None:  # the printed table warns below MIN_LIFT
                 pl_module.log(f"test/{name}/reference_auroc", float(block["auroc"]))
@@ -170,12 +196,21 @@ def _lift_interval(
 ) -> list[float] | None:
     """The lift's paired bootstrap interval, or None where the model and the reference did
     not score the same images in the same order (the labels tell) or a class is missing."""
-    if model is None or reference is None:
+    if model is None or reference is None or not _same_images(model, reference):
         return None
-    (labels, scores), (reference_labels, reference_scores) = model, reference
-    if labels.shape != reference_labels.shape or not torch.equal(
-        labels.long().cpu(), reference_labels.long().cpu()
-    ):
-        return None
+    (labels, scores), (_, reference_scores) = model, reference
     interval = auroc_interval(labels, scores, baseline=reference_scores)
     return list(interval) if interval is not None else None
+
+
+def _same_images(
+    model: tuple[Tensor, Tensor] | None, reference: tuple[Tensor, Tensor] | None
+) -> bool:
+    """Whether the model and the reference scored the same images in the same order (as far
+    as the labels tell)."""
+    if model is None or reference is None:
+        return False
+    labels, reference_labels = model[0], reference[0]
+    return labels.shape == reference_labels.shape and torch.equal(
+        labels.long().cpu(), reference_labels.long().cpu()
+    )
