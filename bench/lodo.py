@@ -18,17 +18,30 @@ interval every run reports), the mean over the other sets weighs each set by the
 square of its mean interval width, as an inverse-variance mean would, and each held-out
 line says whether the chosen setting's gap to the best there is inside half that set's
 interval (a tie at this test size). ``--equal-weights`` restores the plain mean; files
-without intervals get it anyway.
+without intervals get it anyway. Where the runs of the chosen and the best setting kept
+their per-image scores (``scores/`` in their run directories, runs made since they are
+written), the line also gives, per seed, the paired 95 % interval of chosen − best on the
+held-out set's images (``report.py --compare``): a gap whose interval spans zero is a tie.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+from _common import ensure_repo_on_path
+
+ensure_repo_on_path()
+
+from anomaly_gan.evaluation.image_scores import compare_runs  # noqa: E402
 
 _SEED_SUFFIX = re.compile(r"_seed\d+$")
 
@@ -71,6 +84,26 @@ def interval_widths(
             return None
         widths[dataset] = max(statistics.mean(spans), 1e-3)
     return widths
+
+
+def paired_intervals(chosen: list[dict], best: list[dict]) -> str:
+    """Per seed, the paired interval of chosen − best from the runs' per-image scores
+    (empty where either run kept none)."""
+    best_by_seed = {row["seed"]: row for row in best}
+    parts = []
+    for row in chosen:
+        other = best_by_seed.get(row["seed"])
+        if other is None or not row.get("run_dir") or not other.get("run_dir"):
+            continue
+        try:
+            comparisons = compare_runs(Path(row["run_dir"]), Path(other["run_dir"]))
+        except (FileNotFoundError, ValueError):
+            continue
+        for comparison in comparisons:
+            if comparison.interval is not None:
+                low, high = comparison.interval
+                parts.append(f"seed {row['seed']} [{low:+.3f}, {high:+.3f}]")
+    return "; paired chosen − best: " + ", ".join(parts) if parts else ""
 
 
 def compare(
@@ -129,10 +162,13 @@ def compare(
             else f"; gap {gap:.3f} {'inside' if gap < widths[held_out] / 2 else 'beyond'} "
             f"half the set's interval ({widths[held_out] / 2:.3f})"
         )
+        paired = (
+            "" if gap == 0 else paired_intervals(runs[(chosen, held_out)], runs[(best, held_out)])
+        )
         print(
             f"- held out {held_out}: chosen {chosen}, {auroc[(chosen, held_out)]:.3f} "
             f"there (rank {ranking.index(chosen) + 1} of {len(complete)}; best there {best} "
-            f"{auroc[(best, held_out)]:.3f}{tie})"
+            f"{auroc[(best, held_out)]:.3f}{tie}{paired})"
         )
 
 
