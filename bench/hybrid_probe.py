@@ -13,7 +13,9 @@ the PCA alone), as ``lift`` is everywhere else.
 It re-scores finished ``train.py`` runs (their ``results.json`` names the checkpoint tested):
 the checkpoint and the training are the run's, and the sum and its reference are built by
 the same code as a run with ``model.companion=pca`` (:class:`~anomaly_gan.pca_companion.
-PcaCompanion`, :func:`~anomaly_gan.evaluation.reference.reference_metrics`), so the figures
+PcaCompanion`, :func:`~anomaly_gan.evaluation.reference.reference_metrics`; a run made with
+the companion, every model's default, has its sum reproduced and is then scored without it
+for the GAN alone), so the figures
 are what that run reports. The data are rebuilt from the checkpoint's data settings (as
 ``bench/scorers.py`` does; ``--test-part`` of the split); the probe stops if the
 GAN's own AUROC does not come out as the run reported it (other images). The checkpoint and
@@ -92,18 +94,26 @@ def probe(run_dir: Path, args: argparse.Namespace) -> dict:
     train, validation = normal_images(datamodule)
     test, labels, _ = stack_loader(datamodule.test_dataloader()[0])
     model = load_model(checkpoint).model.eval()
-    if getattr(model, "companion", None) is not None:
-        raise SystemExit(
-            f"{run_dir}: trained with model.companion={model.hparams['companion']}, its score "
-            "is the sum already; probe runs trained with the model's score alone (Skip-SA's "
-            "default is pca: pass `-- model.companion=null` to bench/quality.py)"
-        )
-    gan_test = scores_of(model, test)
     reported = results["categories"][category]["auroc"]
+    # A run with model.companion=pca (every model's default) reports the sum: take its own
+    # sum as the figure to reproduce, then score the GAN alone without it. Its training did
+    # not depend on the companion (the fit forks the global RNG), so this is the checkpoint
+    # the same run with model.companion=null trains.
+    run_sum = None
+    if getattr(model, "companion", None) is not None:
+        if model.hparams.get("companion") != "pca":
+            raise SystemExit(
+                f"{run_dir}: trained with model.companion={model.hparams['companion']}; the "
+                "probe takes runs with the score alone or model.companion=pca"
+            )
+        run_sum = auroc(scores_of(model, test), labels)
+        model.companion = None
+    gan_test = scores_of(model, test)
     gan = auroc(gan_test, labels)
-    if args.test_part == args.run_test_part and abs(gan - reported) > REPRODUCED:
+    figure = gan if run_sum is None else run_sum
+    if args.test_part == args.run_test_part and abs(figure - reported) > REPRODUCED:
         raise SystemExit(
-            f"{run_dir}: the GAN scores {gan:.4f} here but reported {reported:.4f}: these are "
+            f"{run_dir}: the run scores {figure:.4f} here but reported {reported:.4f}: these are "
             f"not the images it was tested on (pass the --run-test-part and "
             "--selection-fraction of its bench run)"
         )
@@ -118,6 +128,11 @@ def probe(run_dir: Path, args: argparse.Namespace) -> dict:
         quantile,
     )
     summed = scores_of(lambda chunk: companion.combine(model(chunk), chunk), test)
+    if run_sum is not None and abs(auroc(summed, labels) - run_sum) > REPRODUCED:
+        raise SystemExit(
+            f"{run_dir}: the probe's sum scores {auroc(summed, labels):.4f}, the run's own "
+            f"companion {run_sum:.4f}: the probe no longer builds the sum as a run does"
+        )
     block = reference_metrics(datamodule, scorer_config, quantile, companion=True)[category]
     choice = auto_choice(model, companion, datamodule)
     row = {
