@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from anomaly_gan.evaluation.artifacts import ExtremeSamples
 from anomaly_gan.evaluation.evaluator import TestEvaluator
+from anomaly_gan.evaluation.image_scores import read_image_scores
 from anomaly_gan.evaluation.localization import AUPRO, aupro, pixel_metrics
 from anomaly_gan.evaluation.metrics import image_metrics
 from anomaly_gan.models import Ganomaly
@@ -154,9 +155,14 @@ def test_evaluator_scores_each_batch_once_and_owns_metrics_and_figures(
             assert metrics[key] == pytest.approx(expected[key]), key
         assert metrics["pixel_auroc"] is not None
         assert trainer.logged_metrics[f"test/{name}/auroc"] == pytest.approx(expected["auroc"])
-        assert set(evaluator.artifacts[name]) == {"roc", "histogram", "confusion_matrix", "samples"}
+        figures = {"roc", "histogram", "confusion_matrix", "samples"}
+        assert set(evaluator.artifacts[name]) == figures | {"scores"}
         for relative in evaluator.artifacts[name].values():
             assert (tmp_path / relative).is_file()
+        # The per-image table holds the scores the metrics were computed from.
+        table = read_image_scores(tmp_path / evaluator.artifacts[name]["scores"])
+        assert torch.allclose(table.scores.float(), scores.float())
+        assert torch.equal(table.labels, data.labels.long())
 
 
 def _extremes_reference(scores: torch.Tensor, labels: torch.Tensor, per_group: int):
