@@ -287,7 +287,8 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:
         + f"; {args.test_part} part of the test set (selection_fraction "
         f"{args.selection_fraction}); extra overrides: {extra}.",
         "Reference: the model's scorer on the mean training image / a PCA reconstruction "
-        "(k chosen on synthetic defects in validation normals); lift = image AUROC - better "
+        "(k: the largest candidate below the number of training normals); lift = image "
+        "AUROC - better "
         f"reference. Goal: lift ≥ {GOAL_LIFT:+.2f}, or ≥ (1 - reference) / 2 where the "
         f"reference is ≥ {STRONG_REFERENCE:.2f}. Means ± std over completed seeds; the "
         "lift's interval is each seed's 95 % bootstrap interval over the test images.",
