@@ -39,8 +39,8 @@ from anomaly_gan.evaluation.reference import (
     TiledReconstruction,
     centre_and_spread,
     fit_pca,
-    normal_images,
     reference_scorer,
+    training_normals,
 )
 from anomaly_gan.nets.pca import PcaReconstruction
 from anomaly_gan.scoring import full_precision, separation_auroc
@@ -131,7 +131,7 @@ class PcaCompanion(nn.Module):
 
     def fit_on(self, datamodule: Any) -> None:
         """:meth:`fit` on the training normals of ``datamodule``."""
-        self.fit(normal_images(datamodule)[0])
+        self.fit(training_normals(datamodule))
 
     def reconstruct(self, images: Tensor) -> Tensor:
         """The PCA reconstruction of images or of tiled frames, same shape, in float32

@@ -7,7 +7,6 @@ happens, the run directory ends with a ``results.json`` that says how the run en
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import sys
@@ -34,6 +33,7 @@ from anomaly_gan import resolvers as _resolvers  # noqa: F401  (registers the ${
 from anomaly_gan.checkpointing import AtomicCheckpointIO, PreemptionCheckpoint, resume_point
 from anomaly_gan.data.datamodule import AUTO_CHANNELS, AnomalyDataModule
 from anomaly_gan.evaluation.evaluator import TestEvaluator
+from anomaly_gan.evaluation.image_scores import table_rows
 from anomaly_gan.evaluation.results import (
     IMAGE_METRICS,
     RESULTS_FILE,
@@ -134,8 +134,7 @@ def _log_to_wandb(trainer: L.Trainer, results: dict[str, Any], run_dir: Path) ->
             for kind, relative in files.items():
                 key, path = f"test/{category}/{kind}", run_dir / relative
                 if path.suffix == ".csv":  # the per-image scores, as a sortable table
-                    with path.open(newline="") as handle:
-                        header, *rows = list(csv.reader(handle))
+                    header, rows = table_rows(path)
                     logger.log_table(key=key, columns=header, data=rows)
                 else:
                     logger.log_image(key=key, images=[str(path)])

@@ -182,34 +182,28 @@ class TestEvaluator(Callback):
             if block is None:
                 continue
             block["lift"] = lift(metrics.get("auroc"), block)
-            block["lift_interval"] = _lift_interval(scored.get(name), best_scores.get(name))
-            if _same_images(scored.get(name), best_scores.get(name)):
-                self._reference_scores[name] = (str(block["best"]), best_scores[name][1])
+            block["lift_interval"] = None
+            model, reference = scored.get(name), best_scores.get(name)
+            if model is not None and reference is not None and _same_images(model, reference):
+                block["lift_interval"] = _lift_interval(model, reference[1])
+                self._reference_scores[name] = (str(block["best"]), reference[1])
             metrics["reference"] = block
             if block["lift"] is not None:  # the printed table warns below MIN_LIFT
                 pl_module.log(f"test/{name}/reference_auroc", float(block["auroc"]))
                 pl_module.log(f"test/{name}/lift", float(block["lift"]))
 
 
-def _lift_interval(
-    model: tuple[Tensor, Tensor] | None, reference: tuple[Tensor, Tensor] | None
-) -> list[float] | None:
-    """The lift's paired bootstrap interval, or None where the model and the reference did
-    not score the same images in the same order (the labels tell) or a class is missing."""
-    if model is None or reference is None or not _same_images(model, reference):
-        return None
-    (labels, scores), (_, reference_scores) = model, reference
+def _lift_interval(model: tuple[Tensor, Tensor], reference_scores: Tensor) -> list[float] | None:
+    """The lift's paired bootstrap interval (the model's labels and scores, and the better
+    reference's scores of the same images), or None where a class is missing."""
+    labels, scores = model
     interval = auroc_interval(labels, scores, baseline=reference_scores)
     return list(interval) if interval is not None else None
 
 
-def _same_images(
-    model: tuple[Tensor, Tensor] | None, reference: tuple[Tensor, Tensor] | None
-) -> bool:
+def _same_images(model: tuple[Tensor, Tensor], reference: tuple[Tensor, Tensor]) -> bool:
     """Whether the model and the reference scored the same images in the same order (as far
     as the labels tell)."""
-    if model is None or reference is None:
-        return False
     labels, reference_labels = model[0], reference[0]
     return labels.shape == reference_labels.shape and torch.equal(
         labels.long().cpu(), reference_labels.long().cpu()

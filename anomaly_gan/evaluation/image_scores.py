@@ -56,7 +56,11 @@ class ImageScores:
 
     def auroc(self) -> float | None:
         """The image AUROC as the run reports it (None with one class only)."""
-        return image_metrics(self.scores, self.labels, math.nan)["auroc"]
+        return _auroc(self.scores, self.labels)
+
+
+def _auroc(scores: Tensor, labels: Tensor) -> float | None:
+    return image_metrics(scores, labels, math.nan)["auroc"]
 
 
 def write_image_scores(
@@ -90,26 +94,38 @@ def write_image_scores(
     return path
 
 
-def read_image_scores(path: Path) -> ImageScores:
-    """Read a table :func:`write_image_scores` wrote; a file of another shape is named."""
+def table_rows(path: Path) -> tuple[list[str], list[list[str | int | float | None]]]:
+    """The header and rows of a table :func:`write_image_scores` wrote, numbers as numbers
+    (a dashboard then sorts scores numerically); a file of another shape is named."""
     with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows or [name.split(" (")[0] for name in rows[0]] != list(COLUMNS):
+        header, *rows = list(csv.reader(handle)) or [[]]
+    if [name.split(" (")[0] for name in header] != list(COLUMNS):
         raise ValueError(
             f"{path}: not a per-image score table (expected the columns {', '.join(COLUMNS)}); "
             "runs write one per test set under scores/ since this file format was added"
         )
-    body = rows[1:]
-    has_reference = bool(body) and all(row[5] != "" for row in body)
+
+    def typed(index: int, cell: str) -> str | int | float | None:
+        if index < 2:
+            return cell  # path, defect type
+        if cell == "":
+            return None  # no reference score
+        return int(cell) if index in (2, 4) else float(cell)
+
+    return header, [[typed(i, cell) for i, cell in enumerate(row)] for row in rows]
+
+
+def read_image_scores(path: Path) -> ImageScores:
+    """Read a table :func:`write_image_scores` wrote (:func:`table_rows`)."""
+    _, rows = table_rows(path)
+    has_reference = bool(rows) and all(row[5] is not None for row in rows)
     return ImageScores(
-        image_paths=[row[0] for row in body],
-        defect_types=[row[1] for row in body],
-        labels=torch.tensor([int(row[2]) for row in body], dtype=torch.long),
-        scores=torch.tensor([float(row[3]) for row in body], dtype=torch.float64),
+        image_paths=[str(row[0]) for row in rows],
+        defect_types=[str(row[1]) for row in rows],
+        labels=torch.tensor([row[2] for row in rows], dtype=torch.long),
+        scores=torch.tensor([row[3] for row in rows], dtype=torch.float64),
         reference_scores=(
-            torch.tensor([float(row[5]) for row in body], dtype=torch.float64)
-            if has_reference
-            else None
+            torch.tensor([row[5] for row in rows], dtype=torch.float64) if has_reference else None
         ),
     )
 
@@ -174,14 +190,13 @@ def compare_runs(run_a: Path, run_b: Path) -> list[PairedComparison]:
                 f"test set {name!r}: the same images carry different labels in {run_a} and {run_b}"
             )
         scores_b = b.scores[order]
-        paired = ImageScores(a.image_paths, a.defect_types, a.labels, scores_b, None)
         comparisons.append(
             PairedComparison(
                 test_set=name,
                 n_normal=int((a.labels == 0).sum()),
                 n_anomalous=int((a.labels == 1).sum()),
                 auroc_a=a.auroc(),
-                auroc_b=paired.auroc(),
+                auroc_b=_auroc(scores_b, a.labels),
                 interval=auroc_interval(a.labels, a.scores, baseline=scores_b),
             )
         )

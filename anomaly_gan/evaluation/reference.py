@@ -37,7 +37,7 @@ from anomaly_gan.tiling import TileLayout, split_tiles, stitch_tiles
 #: Candidate PCA sizes; those >= the number of training normals are dropped.
 PCA_COMPONENTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 #: Seed of the subset of training tiles the tiled PCA is fitted on (reproducible).
-SELECTION_SEED = 0
+TILE_SUBSET_SEED = 0
 #: How ``k`` is chosen, as ``results.json`` says (:func:`fit_pca`).
 K_CHOSEN_BY = (
     "the largest candidate below the number of training normals (tiles): the validation "
@@ -83,7 +83,7 @@ def training_tiles(frames: Tensor, tile: int) -> Tensor:
         return frames
     tiles = split_tiles(frames, TileLayout.for_frame(frames.shape[-2], frames.shape[-1], tile))
     if tiles.shape[0] > MAX_PCA_TILES:
-        generator = torch.Generator().manual_seed(SELECTION_SEED)
+        generator = torch.Generator().manual_seed(TILE_SUBSET_SEED)
         keep = torch.randperm(tiles.shape[0], generator=generator)[:MAX_PCA_TILES]
         tiles = tiles[keep.sort().values]
     return tiles
@@ -118,9 +118,9 @@ def lists_normal_images(datamodule: Any) -> bool:
     return all(hasattr(datamodule, name) for name in NORMAL_IMAGE_ATTRIBUTES)
 
 
-def normal_images(datamodule: Any) -> tuple[Tensor, Tensor]:
-    """The training normals and the validation normals (the training normals when there
-    are none) of one of the project's data modules, (N, C, H, W) each, without augmentation."""
+def _images_of(datamodule: Any, samples: list[Any]) -> Tensor:
+    """The images (N, C, H, W) of ``samples``, without augmentation, after checking that
+    ``datamodule`` is one of the project's data modules (which list their normal images)."""
     for name in NORMAL_IMAGE_ATTRIBUTES:
         if not hasattr(datamodule, name):
             raise TypeError(
@@ -128,12 +128,20 @@ def normal_images(datamodule: Any) -> tuple[Tensor, Tensor]:
                 "model.companion need one of anomaly_gan.data's data modules (data=mvtec, "
                 "folder, visa, kolektor, synthetic), which list their normal images."
             )
+    return stack_loader(DataLoader(datamodule._dataset(samples), batch_size=CHUNK))[0]
 
-    def images_of(samples: list[Any]) -> Tensor:
-        return stack_loader(DataLoader(datamodule._dataset(samples), batch_size=CHUNK))[0]
 
-    train = images_of(datamodule.train_samples)
-    return train, images_of(datamodule.val_samples) if datamodule.val_samples else train
+def training_normals(datamodule: Any) -> Tensor:
+    """The training normals (N, C, H, W) of one of the project's data modules."""
+    return _images_of(datamodule, getattr(datamodule, "train_samples", []))
+
+
+def normal_images(datamodule: Any) -> tuple[Tensor, Tensor]:
+    """The training normals and the validation normals (the training normals when there
+    are none) of one of the project's data modules, (N, C, H, W) each, without augmentation."""
+    train = training_normals(datamodule)
+    validation = datamodule.val_samples
+    return train, _images_of(datamodule, validation) if validation else train
 
 
 def _error_maps(scorer: AnomalyScore, reconstruct: Any, images: Tensor) -> Tensor:
