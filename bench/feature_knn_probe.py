@@ -41,11 +41,13 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from segmentation_probe import load  # noqa: E402
+from segmentation_probe import probe_datamodule  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 from torchmetrics.functional.classification import binary_auroc  # noqa: E402
 
 from anomaly_gan.evaluation.image_scores import read_image_scores  # noqa: E402
+from anomaly_gan.evaluation.reference import stack_loader  # noqa: E402
 from anomaly_gan.models.checkpoint import load_model  # noqa: E402
 
 #: Largest memory bank kept (a random subset of the training patches beyond it).
@@ -140,9 +142,16 @@ def run_scores(run_dir: Path, category: str, labels: Tensor) -> Tensor | None:
 
 
 def summarize(path: Path) -> None:
-    """Per set, the mean over runs (models, seeds) of each feature source and match, beside
-    the runs' own AUROC and their better reference, as a Markdown table."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """One Markdown table per model: per set, the mean over seeds of each feature source and
+    match, beside the runs' own AUROC and their better reference."""
+    everything = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for model in sorted({row["model"] for row in everything}):
+        print(f"\n{model}\n")
+        summarize_rows([row for row in everything if row["model"] == model])
+
+
+def summarize_rows(rows: list[dict]) -> None:
+    """The table of :func:`summarize` for one model's rows."""
     sets = sorted({row["category"] for row in rows})
     references = {}
     for row in rows:
@@ -171,7 +180,11 @@ def summarize(path: Path) -> None:
         + " |"
     )
     for source, match in sorted({(r["source"], r["match"]) for r in rows}):
-        for key, label in (("image_auroc", ""), ("rank_sum_auroc", " + the run's own (ranks)")):
+        for key, label in (
+            ("image_auroc", ""),
+            ("rank_sum_auroc", " + the run's own (test ranks)"),
+            ("val_sum_auroc", " + the run's own (validation-standardised)"),
+        ):
             cells = [
                 mean(
                     [
@@ -185,6 +198,17 @@ def summarize(path: Path) -> None:
                 for c in sets
             ]
             print(f"| {source}, {match}{label} | " + " | ".join(cells) + " |")
+
+
+def standardized(scores: Tensor, normals: Tensor) -> Tensor:
+    """Scores in units of the validation normals' spread (label-free, as the companion)."""
+    return (scores - normals.mean()) / normals.std().clamp_min(1e-12)
+
+
+def model_scores(model: nn.Module, images: Tensor) -> Tensor:
+    """The trained model's own image scores (its recipe, companion included)."""
+    with torch.no_grad():
+        return torch.cat([model.score(chunk)[0] for chunk in images.split(64)])
 
 
 def main() -> None:
@@ -212,7 +236,17 @@ def main() -> None:
     config = results.get("config", {})
     category, seed = config.get("category"), config.get("seed")
     trained = load_model(results["checkpoint"]["path"]).model
-    train, test_images, test_labels = load(args.root, category, args.selection_fraction, seed)
+    datamodule = probe_datamodule(args.root, category, args.selection_fraction, seed)
+    train = stack_loader(DataLoader(datamodule._dataset(datamodule.train_samples), batch_size=64))[
+        0
+    ]
+    val_images = stack_loader(datamodule.val_dataloader())[0]
+    test_loader = datamodule.test_dataloader()
+    test_loader = test_loader[0] if isinstance(test_loader, list) else test_loader
+    test_images, test_labels, _ = stack_loader(test_loader)
+    # The run's own score of the validation normals, to put it on the same footing as the
+    # feature score in the label-free sum (its test scores must reproduce the run's).
+    own_val, own_test = model_scores(trained, val_images), model_scores(trained, test_images)
     if train.shape[-1] != config.get("image_size"):
         raise SystemExit(f"{results_file}: image size differs from the data=mvtec default")
     untrained = type(trained)(**trained.hparams)
@@ -231,13 +265,18 @@ def main() -> None:
         )
     sources = [source for source in args.sources if source in extractors]
     own = run_scores(args.run_dir, category, test_labels)
+    if own is not None and not torch.allclose(own.float(), own_test.float(), rtol=1e-3, atol=1e-4):
+        raise SystemExit(f"{args.run_dir}: the reloaded model does not reproduce its scores")
+    queries = torch.cat([test_images, val_images])
     for source, match in itertools.product(sources, args.match):
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(seed)
         if match == "in-place":
-            scores = score_images_in_place(extractors[source], train, test_images)
+            both = score_images_in_place(extractors[source], train, queries)
         else:
-            scores = score_images(extractors[source], train, test_images, generator)
+            both = score_images(extractors[source], train, queries, generator)
+        scores, val_scores = both[: len(test_images)], both[len(test_images) :]
+        summed = standardized(own_test, own_val) + standardized(scores, val_scores)
         result = {
             "category": category,
             "seed": seed,
@@ -246,6 +285,9 @@ def main() -> None:
             "source": source,
             "match": match,
             "image_auroc": round(binary_auroc(scores, test_labels.int()).item(), 4),
+            "n_validation": len(val_images),
+            # Deployable: each score standardised by the validation normals', then summed.
+            "val_sum_auroc": round(binary_auroc(summed, test_labels.int()).item(), 4),
             **(
                 {
                     "run_auroc": round(binary_auroc(own, test_labels.int()).item(), 4),

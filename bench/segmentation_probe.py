@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -85,12 +86,10 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
     return ((1 - correct) ** gamma * bce).mean()
 
 
-def load(
-    root: Path, category: str, selection_fraction: float, seed: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Training normals, selection-part test images and their labels, exactly as
-    ``python train.py data=mvtec seed=<seed>`` prepares them (its defaults; the split follows
-    the seed, as in ``bench/quality.py``, so the two compare on the same images)."""
+def probe_datamodule(root: Path, category: str, selection_fraction: float, seed: int) -> Any:
+    """The data module ``python train.py data=mvtec seed=<seed>`` builds (its defaults; the
+    split follows the seed, as in ``bench/quality.py``), set up for fit and test on the
+    selection part."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -110,6 +109,16 @@ def load(
     datamodule.prepare_data()
     datamodule.setup("fit")
     datamodule.setup("test")
+    return datamodule
+
+
+def load(
+    root: Path, category: str, selection_fraction: float, seed: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Training normals, selection-part test images and their labels
+    (:func:`probe_datamodule`), so a probe and ``bench/quality.py`` compare on the same
+    images."""
+    datamodule = probe_datamodule(root, category, selection_fraction, seed)
     train = stack_loader(DataLoader(datamodule._dataset(datamodule.train_samples), batch_size=64))
     test_loader = datamodule.test_dataloader()
     test_loader = test_loader[0] if isinstance(test_loader, list) else test_loader
