@@ -174,6 +174,8 @@ def _config_summary(cfg: DictConfig) -> dict[str, Any]:
         "corruption": _without_target(corruption) if corruption else None,
         # pca: the score is summed with the PCA reference's (model.companion), None: alone
         "companion": cfg.model.get("companion"),
+        # encoder: the feature memory's score is summed in (model.memory), None: no memory
+        "memory": cfg.model.get("memory"),
         "max_epochs": cfg.trainer.get("max_epochs"),
         "max_steps": cfg.trainer.get("max_steps"),
         "iterations": cfg.get("iterations"),

@@ -11,7 +11,8 @@ the image score the largest patch distance), with three feature sources:
 - ``discriminator``: a trained run's discriminator (``--run-dir``; frozen, eval mode),
 - ``discriminator-untrained``: the same architecture at its initialisation (what the
   features give without learning: the honest reference of this score),
-- ``encoder`` / ``encoder-untrained``: GANomaly's generator encoder, trained / initial,
+- ``encoder`` / ``encoder-untrained``: the generator's encoder (GANomaly's DCGAN encoder,
+  the U-Nets' down paths, MIFE's / the Baseline's encoder), trained / initial,
 - ``pixels``: raw ``size/8``-pixel patches at half-patch stride (no network at all).
 
 Where the run kept its per-image scores, the probe also reports the run's own AUROC and that
@@ -73,6 +74,49 @@ def discriminator_features(discriminator: nn.Module, images: Tensor) -> Tensor:
             images.shape[-1] // 8,
         ):
             maps.append(current)
+    size = maps[0].shape[-2:]
+    joined = torch.cat([F.interpolate(m, size=size, mode="bilinear") for m in maps], dim=1)
+    return F.avg_pool2d(joined, 3, 1, 1)
+
+
+def generator_encoder_maps(generator: nn.Module, images: Tensor) -> list[Tensor]:
+    """The generator's encoder maps from the input down to 1/8 of its size, post-activation:
+    Skip-GANomaly's pix2pix down path (with the LeakyReLU(0.2) the next level applies),
+    Skip-SA's attended levels (before their max-pool) and MIFE's / the Baseline's encoder
+    blocks."""
+    maps: list[Tensor] = []
+    current = images
+    if hasattr(generator, "down"):  # Pix2PixUnet
+        for down in generator.down:
+            current = down(current)
+            maps.append(F.leaky_relu(current, 0.2))
+            if current.shape[-1] <= images.shape[-1] // 8:
+                break
+    elif hasattr(generator, "bottleneck"):  # SelfAttentionUnet
+        for convs, attention in zip(generator.encoder, generator.attention, strict=True):
+            current = attention(convs(current))
+            maps.append(current)
+            if current.shape[-1] <= images.shape[-1] // 8:
+                break
+            current = F.max_pool2d(current, 2)
+    else:  # ConvAutoencoder (MIFE, Baseline)
+        encoder = generator.encoder
+        for block, attention in zip(encoder.blocks, encoder.attention, strict=True):
+            current = attention(block(current))
+            maps.append(current)
+            if current.shape[-1] <= images.shape[-1] // 8:
+                break
+    return maps
+
+
+def encoder_features(generator: nn.Module, images: Tensor) -> Tensor:
+    """:func:`discriminator_features` for a U-Net's or autoencoder's encoder: its maps at 1/4
+    and 1/8 of the input (:func:`generator_encoder_maps`)."""
+    maps = [
+        m
+        for m in generator_encoder_maps(generator, images)
+        if m.shape[-1] in (images.shape[-1] // 4, images.shape[-1] // 8)
+    ]
     size = maps[0].shape[-2:]
     joined = torch.cat([F.interpolate(m, size=size, mode="bilinear") for m in maps], dim=1)
     return F.avg_pool2d(joined, 3, 1, 1)
@@ -263,6 +307,9 @@ def main() -> None:
         extractors["encoder-untrained"] = lambda x: discriminator_features(
             untrained.generator.encoder_in, x
         )
+    elif type(trained).__name__ != "AnoGan":  # the U-Nets' and autoencoders' encoders
+        extractors["encoder"] = lambda x: encoder_features(trained.generator, x)
+        extractors["encoder-untrained"] = lambda x: encoder_features(untrained.generator, x)
     sources = [source for source in args.sources if source in extractors]
     own = run_scores(args.run_dir, category, test_labels)
     if own is not None and not torch.allclose(own.float(), own_test.float(), rtol=1e-3, atol=1e-4):

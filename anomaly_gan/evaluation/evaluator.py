@@ -101,12 +101,15 @@ class TestEvaluator(Callback):
             for index in sorted(self._outputs)
         }
         companion = getattr(pl_module, "companion", None)
+        memory = getattr(pl_module, "memory", None)
         scored: dict[str, tuple[Tensor, Tensor]] = {}  # the lift's interval pairs them
         for index, name in named.items():
             scored[name] = (self._outputs[index].all_labels, self._outputs[index].all_scores)
             metrics = self._outputs[index].evaluate(threshold)
             if companion is not None:  # whether the PCA was summed in, and what chose it
                 metrics["companion"] = companion.summary()
+            if memory is not None:  # whether the feature memory was summed in
+                metrics["memory"] = memory.summary()
             self.results[name] = metrics
             for key, value in metrics.items():
                 if isinstance(value, float):

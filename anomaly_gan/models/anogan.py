@@ -234,6 +234,12 @@ class Anogan(GanAnomalyModule):
                 "search whose scale changes with the number of search steps, so they cannot "
                 "be standardised once on validation normals (leave model.companion unset)."
             )
+        if core.pop("memory", None):
+            raise ValueError(
+                "model=anogan takes no feature memory: its generator maps noise to an image "
+                "and has no encoder whose features could be remembered (leave model.memory "
+                "unset)."
+            )
         for key, value in (
             ("search_steps", search_steps),
             ("validation_search_steps", validation_search_steps),

@@ -41,7 +41,8 @@ import torch
 from torch import Tensor, nn
 
 from anomaly_gan.corruption import VALIDATION_KINDS, SyntheticDefects
-from anomaly_gan.evaluation.reference import lists_normal_images
+from anomaly_gan.evaluation.reference import lists_normal_images, training_normals
+from anomaly_gan.feature_memory import FeatureMemory, check_memory, local_features
 from anomaly_gan.losses import GeneratorLoss, discriminator_loss, distance
 from anomaly_gan.models.step_checks import (
     DeferredStepChecks,
@@ -138,6 +139,12 @@ class GanAnomalyModule(L.LightningModule):
             ``None``: the model's score alone, as the papers score. ``"pca"`` is every
             architecture's default: chosen leave one set out on four real inspection sets
             (docs/what-works.md, "The GAN's score summed with the PCA reference's").
+        memory: ``"encoder"``: sum a third detector into the score, the nearest-neighbour
+            distance of the image's generator-encoder features to the training normals'
+            features at the same position, each term standardised by the validation
+            normals (:mod:`anomaly_gan.feature_memory`); the bank is rebuilt at every
+            validation and saved with the weights. ``None``: no memory.
+        memory_normals: training images the memory keeps (a seeded subset beyond it).
         channels_last: keep weights and input batches in channels-last memory format, which
             GPU tensor-core convolutions prefer (cuDNN NHWC kernels), in bf16 above all. Off
             by default everywhere: whether it pays depends on the GPU and on the
@@ -167,9 +174,12 @@ class GanAnomalyModule(L.LightningModule):
         compile: bool = False,
         channels_last: bool = False,
         companion: str | None = "pca",
+        memory: str | None = None,
+        memory_normals: int = 1024,
     ) -> None:
         super().__init__()
         check_companion(companion)
+        check_memory(memory)
         if companion == "auto" and not validation_defects:
             raise ValueError(
                 "model.companion=auto chooses on the validation's synthetic defects, but "
@@ -194,6 +204,10 @@ class GanAnomalyModule(L.LightningModule):
             if companion
             else None
         )
+        #: The generator encoder's feature memory summed into the score (``memory``), or None.
+        self.memory = FeatureMemory(memory_normals) if memory else None
+        #: The training normals the memory's bank is rebuilt from at every validation.
+        self._memory_normals: Tensor | None = None
         self.save_hyperparameters(ignore=["loss", "scorer", "corruption"])
         # Plain dicts, so checkpoints reload without unpickling our classes.
         self.hparams["loss"] = self.loss_fn.to_config()
@@ -209,6 +223,8 @@ class GanAnomalyModule(L.LightningModule):
         self._defect_latent: list[Tensor] = []
         self._companion_maps: list[Tensor] = []
         self._companion_defect_maps: list[Tensor] = []
+        self._memory_scores: list[Tensor] = []
+        self._memory_defect_scores: list[Tensor] = []
         self.validation_defects = (
             SyntheticDefects(probability=1.0, kinds=VALIDATION_KINDS)
             if validation_defects
@@ -228,9 +244,11 @@ class GanAnomalyModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         """Fit the PCA companion on the data module's normals (once: a resumed run keeps the
-        checkpoint's). Without one of the project's data modules (plain DataLoaders) there
-        are no listed normals to fit it on: the score stays the model's alone, with a
-        warning."""
+        checkpoint's) and read the training normals the feature memory is built from.
+        Without one of the project's data modules (plain DataLoaders) there are no listed
+        normals to fit them on: the score stays the model's alone, with a warning."""
+        if self.memory is not None:
+            self.read_memory_normals(self.trainer.datamodule)
         if self.companion is None or self.companion.fitted:
             return
         datamodule = self.trainer.datamodule
@@ -253,6 +271,66 @@ class GanAnomalyModule(L.LightningModule):
             self.hparams.companion,
             self.companion.pca.k,
         )
+
+    def read_memory_normals(self, datamodule: Any) -> None:
+        """Keep the training normals of ``datamodule`` for the feature memory
+        (``model.memory``; when training starts, or before a validation re-scores a trained
+        run), after checking that the generator has an encoder and that the images are
+        whole squares of the model's size. Each validation then rebuilds the bank."""
+        if self.memory is None:
+            raise ValueError("model.memory is null: there is no feature memory to build")
+        if not callable(getattr(self.generator, "encoder_maps", None)):
+            raise ValueError(
+                f"model.memory={self.hparams.memory} needs a generator with an encoder; "
+                f"{type(self).__name__}'s has none: set model.memory=null"
+            )
+        if not lists_normal_images(datamodule):
+            log.warning(
+                "model.memory=%s needs one of anomaly_gan.data's data modules, which list the "
+                "training normals; this run has %s, so no memory is summed in. Pass "
+                "model.memory=null to silence this.",
+                self.hparams.memory,
+                "plain DataLoaders" if datamodule is None else type(datamodule).__name__,
+            )
+            return
+        with torch.random.fork_rng(devices=[]):  # as the companion's fit (below)
+            normals = training_normals(datamodule)
+        size = self.hparams.image_size
+        if tuple(normals.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"model.memory={self.hparams.memory} compares whole images of the model's "
+                f"size ({size}×{size}), but the data module gives {normals.shape[-2]}×"
+                f"{normals.shape[-1]} frames (data.resize=tile): set data.resize=squash, or "
+                f"model.memory=null"
+            )
+        self._memory_normals = normals
+
+    def memory_features(self, image: Tensor) -> Tensor:
+        """The feature memory's local features (B, C, S/4, S/4) of square images of the
+        model's size (:func:`~anomaly_gan.feature_memory.local_features`)."""
+        side = image.shape[-1]
+        smallest = side // 8
+        return local_features(self.generator.encoder_maps(image, smallest), side)
+
+    @torch.no_grad()
+    def _refit_memory(self) -> None:
+        """Rebuild the memory's bank from the training normals with the current encoder
+        (eval mode), so the validation that follows calibrates these weights' memory."""
+        if self.memory is None or self._memory_normals is None:
+            return
+        training = self.generator.training
+        self.generator.eval()
+        features = [
+            self.memory_features(self.memory_format(chunk.to(self.device)))
+            for chunk in self._memory_normals.split(64)
+        ]
+        self.generator.train(training)
+        self.memory.fit(torch.cat(features))
+
+    @property
+    def fitted_memory(self) -> FeatureMemory | None:
+        """The feature memory once its bank is built, else None."""
+        return self.memory if self.memory is not None and self.memory.fitted else None
 
     def setup(self, stage: str) -> None:
         """Apply ``channels_last`` and ``compile`` once the trainer has the model."""
@@ -393,6 +471,10 @@ class GanAnomalyModule(L.LightningModule):
         scores = self.scorer.score(latent_distance, score_map)
         if self.companion is not None and self.companion.calibrated:
             scores = self.companion.combine(scores, image)
+        if self.memory is not None and self.memory.calibrated:
+            scores = self.memory.combine(
+                scores, self.memory.raw_scores(self.memory_features(image))
+            )
         anomaly_map = self.scorer.anomaly_map(image, output.reconstruction, score_map)
         return scores, output, anomaly_map
 
@@ -578,6 +660,8 @@ class GanAnomalyModule(L.LightningModule):
         self._val_maps, self._val_latent, self._val_localization = [], [], []
         self._defect_maps, self._defect_latent = [], []
         self._companion_maps, self._companion_defect_maps = [], []
+        self._memory_scores, self._memory_defect_scores = [], []
+        self._refit_memory()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image = self.memory_format(batch["image"])
@@ -587,6 +671,9 @@ class GanAnomalyModule(L.LightningModule):
         companion = self.fitted_companion
         if companion is not None:
             self._companion_maps.append(companion.error_map(image).detach())
+        memory = self.fitted_memory
+        if memory is not None:
+            self._memory_scores.append(memory.raw_scores(self.memory_features(image)))
         if self.scorer.localization_map == "error":
             self._val_localization.append(
                 self.scorer.localization_error(image, output.reconstruction).detach()
@@ -611,6 +698,10 @@ class GanAnomalyModule(L.LightningModule):
             self._defect_latent.append(self.latent_distance(latent_in, latent_out).detach())
             if companion is not None:
                 self._companion_defect_maps.append(companion.error_map(defective).detach())
+            if memory is not None:
+                self._memory_defect_scores.append(
+                    memory.raw_scores(self.memory_features(defective))
+                )
 
     def on_validation_epoch_end(self) -> None:
         """Calibrate the scorer on the validation normals (:meth:`AnomalyScore.calibrate`).
@@ -647,6 +738,14 @@ class GanAnomalyModule(L.LightningModule):
                 defect_scores = self.companion.total(defect_parts)
             scores = self.companion.total(normal_parts)
             self.threshold.fill_(threshold_from_normals(scores, quantile))
+        if self._memory_scores:  # the threshold is on the sum with the memory's score
+            memory_scores = self.all_gather(torch.cat(self._memory_scores)).flatten()
+            held_out = self.scorer.held_out(memory_scores.shape[0])
+            scores = self.memory.calibrate(scores, memory_scores, memory_scores[held_out])
+            if defect_scores is not None:
+                defect_memory = self.all_gather(torch.cat(self._memory_defect_scores)).flatten()
+                defect_scores = self.memory.combine(defect_scores, defect_memory[held_out])
+            self.threshold.fill_(threshold_from_normals(scores, quantile))
         self.log("val/score", scores.mean())
         self.log("val/threshold", self.threshold.float())
         if defect_scores is not None:
@@ -656,6 +755,7 @@ class GanAnomalyModule(L.LightningModule):
         self._val_maps, self._val_latent, self._val_localization = [], [], []
         self._defect_maps, self._defect_latent = [], []
         self._companion_maps, self._companion_defect_maps = [], []
+        self._memory_scores, self._memory_defect_scores = [], []
 
     @property
     def fitted_companion(self) -> PcaCompanion | None:

@@ -85,6 +85,18 @@ class ConvEncoder(nn.Module):
             maps.append(x)
         return self.to_latent(x.flatten(1)), maps
 
+    def block_maps(self, image: Tensor, smallest: int = 1) -> list[Tensor]:
+        """The blocks' (attended) maps from side S/2 down, stopping after the first of side
+        ``smallest`` or less (without the Linear to the latent)."""
+        maps: list[Tensor] = []
+        x = image
+        for block, attention in zip(self.blocks, self.attention, strict=True):
+            x = attention(block(x))
+            maps.append(x)
+            if x.shape[-1] <= smallest:
+                break
+        return maps
+
 
 class ConvDecoder(nn.Module):
     """Linear back to (1024, s, s), then five ConvTranspose2d(4, 2, 1) up to the image.
@@ -161,6 +173,10 @@ class ConvAutoencoder(nn.Module):
 
     def encode(self, image: Tensor) -> Tensor:
         return self.encoder(image)[0]
+
+    def encoder_maps(self, image: Tensor, smallest: int = 1) -> list[Tensor]:
+        """The encoder's block maps (:meth:`ConvEncoder.block_maps`)."""
+        return self.encoder.block_maps(image, smallest)
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         latent, maps = self.encoder(image)

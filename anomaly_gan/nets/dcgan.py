@@ -98,6 +98,19 @@ class DcganEncoder(_DcganStack):
     def forward(self, image: Tensor) -> Tensor:
         return self.head(self.features(image))
 
+    def maps(self, image: Tensor, smallest: int = 1) -> list[Tensor]:
+        """The activated map of every stride-2 block, from side S/2 down, stopping after
+        the first of side ``smallest`` or less (the feature memory's input)."""
+        maps: list[Tensor] = []
+        current = image
+        for layer in self.features:
+            current = layer(current)
+            if isinstance(layer, nn.LeakyReLU):
+                maps.append(current)
+                if current.shape[-1] <= smallest:
+                    break
+        return maps
+
 
 class DcganDecoder(_DcganStack):
     """(B, latent_dim, 1, 1) -> image in [-1, 1]; the mirror of :class:`DcganEncoder`."""
@@ -170,6 +183,10 @@ class GanomalyGenerator(nn.Module):
         reconstruction = self.decoder(latent_in)
         latent_out = self.encoder_out(reconstruction)
         return reconstruction, latent_in.flatten(1), latent_out.flatten(1)
+
+    def encoder_maps(self, image: Tensor, smallest: int = 1) -> list[Tensor]:
+        """The first encoder's block maps (:meth:`DcganEncoder.maps`)."""
+        return self.encoder_in.maps(image, smallest)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -110,6 +110,18 @@ class Pix2PixUnet(nn.Module):
             x = self.up[level](x)
         return x
 
+    def encoder_maps(self, image: Tensor, smallest: int = 1) -> list[Tensor]:
+        """The down path's level maps, activated (the LeakyReLU(0.2) the next level would
+        apply), from side S/2 down, stopping after the first of side ``smallest`` or less."""
+        maps: list[Tensor] = []
+        x = image
+        for down in self.down:
+            x = down(x)
+            maps.append(F.leaky_relu(x, 0.2))
+            if x.shape[-1] <= smallest:
+                break
+        return maps
+
 
 # ---------------------------------------------------------------- self-attention U-Net
 def supported_attention_unet_sizes(depth: int) -> list[int]:
@@ -209,6 +221,19 @@ class SelfAttentionUnet(nn.Module):
                 x = torch.cat([x, skip], 1)  # (B, w_below + w_l, s, s)
             x = convs(x)  # -> (B, w_l, s, s)
         return self.to_image(x)  # (B, w_1, S, S) -> (B, channels, S, S)
+
+    def encoder_maps(self, image: Tensor, smallest: int = 1) -> list[Tensor]:
+        """The encoder levels' attended maps (before their max-pool), from side S down,
+        stopping after the first of side ``smallest`` or less."""
+        maps: list[Tensor] = []
+        x = image
+        for convs, attention in zip(self.encoder, self.attention, strict=True):
+            x = attention(convs(x))
+            maps.append(x)
+            if x.shape[-1] <= smallest:
+                break
+            x = F.max_pool2d(x, 2)
+        return maps
 
 
 __all__ = [

@@ -1,0 +1,190 @@
+"""The feature memory: the generator encoder's local features, remembered per position.
+
+A GAN's generator learns an encoder of the normals, and its reconstruction is only one use
+of it. With ``model.memory=encoder`` a third detector joins the model's score (and the PCA
+companion's, where summed in): every test image's encoder features at 1/4 and 1/8 of the
+input (the coarser upsampled, concatenated, averaged over 3 × 3 neighbourhoods) are compared
+with the same features of the training normals *at the same position*, and the image's
+memory score is its largest nearest-neighbour distance (Roth et al., "Towards Total Recall
+in Industrial Anomaly Detection", CVPR 2022, Sec. 3, with the bank kept per position
+instead of pooled: where in an aligned part a pattern belongs counts). The image score is
+
+    score(x) = (s_own(x) − μ_own) / σ_own + (s_memory(x) − μ_memory) / σ_memory
+
+with ``s_own`` the model's score as it was (companion included), μ, σ the mean and spread of
+each over validation normals: the held-out ones of the model's calibration for ``s_own``
+(its per-pixel statistics came from the others) and all of them for the memory, whose bank
+holds training normals only. The bank is rebuilt with the current encoder at every
+validation, so each checkpoint carries the bank and the calibration of its own weights; it
+keeps at most ``max_normals`` training images (a seeded subset) in float16.
+
+Why (docs/what-works.md, "A nearest-neighbour memory of the GAN's own features"): on four
+real sets the learnt encoder's memory, summed in, gained on three sets held out of the
+choice, and its gain needs the training (the untrained encoder's memory gains less).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anomaly_gan.evaluation.reference import centre_and_spread
+
+#: ``model.memory`` values: the generator encoder's features (module docstring).
+MEMORIES = ("encoder",)
+
+#: The feature maps the memory reads, as divisors of the input side.
+FEATURE_STRIDES = (4, 8)
+
+#: Query images per nearest-neighbour search (bounds the distance matrix's memory).
+QUERY_CHUNK = 32
+
+
+def check_memory(memory: str | None) -> None:
+    """Raise an actionable error for an unknown ``model.memory``."""
+    if memory is not None and memory not in MEMORIES:
+        raise ValueError(
+            f"model.memory must be null (no feature memory) or encoder (the generator "
+            f"encoder's features of the training normals, matched in place), got {memory!r}"
+        )
+
+
+def local_features(maps: list[Tensor], side: int) -> Tensor:
+    """(B, C, side/4, side/4): the maps at 1/4 and 1/8 of ``side``, the coarser upsampled,
+    concatenated and averaged over 3 × 3 neighbourhoods."""
+    wanted = {side // stride for stride in FEATURE_STRIDES}
+    chosen = [m for m in maps if m.shape[-1] in wanted]
+    if len(chosen) != len(FEATURE_STRIDES):
+        raise ValueError(
+            f"the feature memory needs encoder maps of side {sorted(wanted)} for a {side} px "
+            f"input; the encoder gave {[m.shape[-1] for m in maps]}"
+        )
+    size = chosen[0].shape[-2:]
+    joined = torch.cat(
+        [F.interpolate(m.float(), size=size, mode="bilinear") for m in chosen], dim=1
+    )
+    return F.avg_pool2d(joined, 3, 1, 1)
+
+
+class FeatureMemory(nn.Module):
+    """The per-position bank of training normals' features and the sum's calibration.
+
+    Args:
+        max_normals: training images kept in the bank (a seeded random subset beyond it):
+            a checkpoint holds positions × images × channels float16 values (64 px: 59 MB
+            for the 600 magnetic-tile normals and GANomaly's 192 channels). Fewer cost
+            detection where the normals vary: 256 of those 600 lost 0.02 AUROC there.
+        seed: seeds that subset.
+    """
+
+    def __init__(self, max_normals: int = 1024, seed: int = 0) -> None:
+        super().__init__()
+        if isinstance(max_normals, bool) or not isinstance(max_normals, int) or max_normals < 1:
+            raise ValueError(f"model.memory_normals must be an integer >= 1, got {max_normals!r}")
+        self.max_normals = max_normals
+        self.seed = seed
+        # (positions, images, channels); empty until :meth:`fit`.
+        self.register_buffer("bank", torch.zeros(0, 0, 0, dtype=torch.float16))
+        for name in ("own_center", "own_scale", "memory_center", "memory_scale"):
+            self.register_buffer(name, torch.tensor(math.nan))
+        self._calibrated = False
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        bank = state_dict.get(prefix + "bank")
+        if bank is not None:  # its shape is the data's, not the constructor's
+            self.bank = torch.empty_like(bank, device=self.bank.device)
+        scale = state_dict.get(prefix + "memory_scale")
+        self._calibrated = scale is not None and bool(torch.isfinite(scale).all())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def fitted(self) -> bool:
+        return self.bank.numel() > 0
+
+    @property
+    def calibrated(self) -> bool:
+        """Fitted and standardised by a validation (a plain flag, as the companion's)."""
+        return self.fitted and self._calibrated
+
+    @torch.no_grad()
+    def fit(self, features: Tensor) -> None:
+        """Remember the training normals' features (N, C, H, W), at most ``max_normals`` of
+        them; the calibration of an earlier bank no longer holds."""
+        if features.shape[0] > self.max_normals:
+            generator = torch.Generator().manual_seed(self.seed)
+            keep = torch.randperm(features.shape[0], generator=generator)[: self.max_normals]
+            features = features[keep.sort().values.to(features.device)]
+        self.bank = features.flatten(2).permute(2, 0, 1).to(torch.float16).contiguous()
+        self._calibrated = False
+
+    @torch.no_grad()
+    def raw_scores(self, features: Tensor) -> Tensor:
+        """Largest in-place nearest-neighbour distance per image, (B,), of features
+        (B, C, H, W) laid out as the bank's."""
+        positions = features.shape[-2] * features.shape[-1]
+        if (
+            not self.fitted
+            or positions != self.bank.shape[0]
+            or (features.shape[1] != self.bank.shape[2])
+        ):
+            raise ValueError(
+                f"the feature memory holds {tuple(self.bank.shape)} (positions, images, "
+                f"channels) but was given features {tuple(features.shape)}: score images of "
+                f"the size the model was trained on (model.image_size, data.resize squash)"
+            )
+        bank = self.bank.float()
+        features = features.float()
+        # Exported graphs keep the batch axis dynamic: no chunking by its length there.
+        chunks = (features,) if torch.compiler.is_exporting() else features.split(QUERY_CHUNK)
+        scores = []
+        for chunk in chunks:
+            queries = chunk.flatten(2).permute(2, 0, 1)  # (P, B, C)
+            nearest = torch.cdist(queries, bank).amin(2)  # (P, B)
+            scores.append(nearest.amax(0))
+        return torch.cat(scores)
+
+    @torch.no_grad()
+    def calibrate(
+        self, own_scores: Tensor, memory_normals: Tensor, memory_held_out: Tensor
+    ) -> Tensor:
+        """Standardise both terms and return the held-out validation normals' summed scores.
+
+        ``own_scores``: the model's (companion-summed) scores of the validation normals its
+        calibration held out; ``memory_normals``: the memory's raw scores of all validation
+        normals; ``memory_held_out``: those of the held-out ones, in ``own_scores``' order.
+        """
+        for prefix, scores in (("own", own_scores), ("memory", memory_normals)):
+            centre, spread = centre_and_spread(scores)
+            getattr(self, f"{prefix}_center").fill_(centre)
+            getattr(self, f"{prefix}_scale").fill_(spread)
+        self._calibrated = True
+        return self.combine(own_scores, memory_held_out)
+
+    def combine(self, own_scores: Tensor, memory_scores: Tensor) -> Tensor:
+        """The summed score (B,) from the model's scores and the memory's raw scores."""
+        own = (own_scores.float() - self.own_center) / self.own_scale
+        return own + (memory_scores.float() - self.memory_center) / self.memory_scale
+
+    def summary(self) -> dict[str, Any]:
+        """What ``results.json`` says about the memory of the tested checkpoint."""
+        summary: dict[str, Any] = {
+            "mode": "encoder",
+            "normals_in_bank": int(self.bank.shape[1]) if self.fitted else 0,
+            "positions": int(self.bank.shape[0]) if self.fitted else 0,
+            "summed": self.calibrated,
+        }
+        if not self.calibrated:
+            summary["note"] = (
+                "not calibrated: no validation standardised the memory's score, so the "
+                "score is the model's alone"
+                if self.fitted
+                else "not fitted: the run's data module lists no normal images (plain "
+                "DataLoaders), so the score is the model's alone"
+            )
+        return summary

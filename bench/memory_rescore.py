@@ -1,0 +1,153 @@
+"""What ``model.memory=encoder`` gives a trained run: its checkpoint re-validated and
+re-tested with the feature memory on (:mod:`anomaly_gan.feature_memory`).
+
+The memory changes neither what a model learns (``tests/test_feature_memory.py``) nor the
+checkpoint that ``val/con`` chooses, and its bank is rebuilt from the checkpoint's own
+weights at validation, so a run trained without it and re-scored here scores as the same
+run trained with ``model.memory=encoder`` would, at the cost of one validation and one test
+instead of a training. The test images are the *selection* part (the runs must have been
+made with ``--test-part selection``; their own scores are reproduced first).
+
+    python bench/memory_rescore.py RUN_DIR [RUN_DIR ...] --out bench/results/memory_rescore.jsonl
+    python bench/memory_rescore.py --summarize bench/results/memory_rescore.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from segmentation_probe import probe_datamodule  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+from torchmetrics.functional.classification import binary_auroc  # noqa: E402
+
+from anomaly_gan.evaluation.image_scores import read_image_scores  # noqa: E402
+from anomaly_gan.evaluation.reference import stack_loader  # noqa: E402
+from anomaly_gan.models.checkpoint import load_model  # noqa: E402
+
+
+def scores_of(model: nn.Module, images: Tensor) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([model(chunk) for chunk in images.split(64)])
+
+
+def with_memory(run_model: nn.Module, checkpoint_path: str, memory_normals: int) -> nn.Module:
+    """The run's architecture and weights with ``memory="encoder"`` (bank not yet built)."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    hparams = {**checkpoint["hyper_parameters"], "memory": "encoder"}
+    hparams["memory_normals"] = memory_normals
+    model = type(run_model)(**hparams)
+    model.on_load_checkpoint(checkpoint)
+    missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
+    if unexpected or any(not key.startswith("memory.") for key in missing):
+        raise SystemExit(
+            f"{checkpoint_path}: keys differ beyond the memory's: {missing} {unexpected}"
+        )
+    return model
+
+
+def rescore(run_dir: Path, root: Path, fraction: float, memory_normals: int) -> dict:
+    started = time.perf_counter()
+    results = json.loads((run_dir / "results.json").read_text())
+    config = results["config"]
+    category, seed = config["category"], config["seed"]
+    checkpoint_path = results["checkpoint"]["path"]
+    run_model = load_model(checkpoint_path).model
+    datamodule = probe_datamodule(root, category, fraction, seed)
+    test_loader = datamodule.test_dataloader()
+    test_loader = test_loader[0] if isinstance(test_loader, list) else test_loader
+    images, labels, _ = stack_loader(test_loader)
+    own = scores_of(run_model, images)
+    kept = read_image_scores(run_dir / "scores" / f"{category}.csv")
+    if not torch.equal(kept.labels, labels.long()) or not torch.allclose(
+        kept.scores.float(), own.float(), rtol=1e-3, atol=1e-4
+    ):
+        raise SystemExit(f"{run_dir}: the reloaded run does not reproduce its selection scores")
+    model = with_memory(run_model, checkpoint_path, memory_normals)
+    model.read_memory_normals(datamodule)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    model.eval()
+    summed = scores_of(model, images)
+    category_results = results["categories"][category]
+    return {
+        "category": category,
+        "seed": seed,
+        "model": type(run_model).__name__,
+        "run_dir": str(run_dir),
+        "own_auroc": round(binary_auroc(own, labels.int()).item(), 4),
+        "memory_auroc": round(binary_auroc(summed, labels.int()).item(), 4),
+        "reference_auroc": round(category_results["reference"]["auroc"], 4)
+        if "auroc" in category_results.get("reference", {})
+        else None,
+        "normals_in_bank": int(model.memory.bank.shape[1]),
+        "memory_normals": memory_normals,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def summarize(path: Path) -> None:
+    """Per model: the mean over seeds per set of the run's own AUROC and with the memory,
+    and, leaving one set out, whether the choice made on the other three holds on it."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for model in sorted({row["model"] for row in rows}):
+        mine = [row for row in rows if row["model"] == model]
+        sets = sorted({row["category"] for row in mine})
+        means = {
+            key: {s: statistics.mean(r[key] for r in mine if r["category"] == s) for s in sets}
+            for key in ("own_auroc", "memory_auroc")
+        }
+        print(f"\n{model} (runs: {len(mine)})\n")
+        print("| | " + " | ".join(sets) + " |")
+        print("|---|" + "---|" * len(sets))
+        for key, label in (("own_auroc", "own score"), ("memory_auroc", "with the memory")):
+            print(f"| {label} | " + " | ".join(f"{means[key][s]:.3f}" for s in sets) + " |")
+        gains = {s: means["memory_auroc"][s] - means["own_auroc"][s] for s in sets}
+        print("| gain | " + " | ".join(f"{gains[s]:+.3f}" for s in sets) + " |")
+        held = []
+        for s in sets:
+            others = statistics.mean(gains[o] for o in sets if o != s)
+            chosen = "memory" if others > 0 else "own"
+            held.append(f"{s}: {chosen} ({gains[s] if chosen == 'memory' else 0.0:+.3f})")
+        print("\nleave one set out (chosen on the other three; held-out gain): " + "; ".join(held))
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--summarize"]:
+        summarize(Path(sys.argv[2]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--selection-fraction", type=float, default=0.3)
+    parser.add_argument("--memory-normals", type=int, default=1024)
+    parser.add_argument("--out", type=Path, default=None, help="append results (JSON lines)")
+    args = parser.parse_args()
+    for run_dir in args.run_dirs:
+        row = rescore(run_dir, args.root, args.selection_fraction, args.memory_normals)
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with args.out.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

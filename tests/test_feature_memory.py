@@ -1,0 +1,178 @@
+"""model.memory=encoder: the generator encoder's features of the training normals, matched in
+place, summed into the score; rebuilt at every validation and saved with the weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from anomaly_gan.data import SyntheticDataModule
+from anomaly_gan.evaluation.reference import normal_images
+from anomaly_gan.feature_memory import FeatureMemory, local_features
+from anomaly_gan.models import Anogan, Ganomaly, SkipGanomaly
+from anomaly_gan.models.checkpoint import load_model
+from anomaly_gan.nets.autoencoder import ConvAutoencoder
+from anomaly_gan.nets.dcgan import GanomalyGenerator
+from anomaly_gan.nets.unet import Pix2PixUnet, SelfAttentionUnet
+from anomaly_gan.onnx_export import export_onnx, verify_onnx
+
+
+def _datamodule(cache_dir: Path, image_size: int = 32) -> SyntheticDataModule:
+    datamodule = SyntheticDataModule(
+        root=cache_dir / f"synthetic_memory_{image_size}",
+        image_size=image_size,
+        channels=3,
+        n_train=40,
+        n_test_good=8,
+        n_test_per_defect=4,
+        val_fraction=0.2,
+        batch_size=16,
+        num_workers=0,
+        cache=False,
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def _trainer(tmp_path: Path) -> L.Trainer:
+    return L.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def _own_scores(model: Ganomaly, images: torch.Tensor) -> torch.Tensor:
+    """The model's score with its companion, without the memory."""
+    output, latent_in, latent_out = model.reconstruct(images)
+    own = model.scorer.score(
+        model.latent_distance(latent_in, latent_out),
+        model.scorer.score_map(images, output.reconstruction),
+    )
+    return model.companion.combine(own, images)
+
+
+def test_memory_holds_the_trained_encoders_features_of_training_normals_and_travels(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    datamodule = _datamodule(cache_dir)
+    model = Ganomaly(image_size=32, channels=3, companion="pca", memory="encoder")
+    trainer = _trainer(tmp_path)
+    trainer.fit(model, datamodule=datamodule)
+
+    memory = model.memory
+    assert memory is not None and memory.calibrated and torch.isfinite(model.threshold)
+    train, validation = normal_images(datamodule)
+    model.eval()
+    with torch.no_grad():
+        features = model.memory_features(train)
+        # The bank is the final encoder's features of the 32 training normals, per position.
+        assert memory.bank.shape == (8 * 8, 32, features.shape[1])
+        expected = features.flatten(2).permute(2, 0, 1)
+        assert torch.allclose(memory.bank.float(), expected, atol=2e-2, rtol=1e-2)
+        # A training normal finds itself in place (up to float16 rounding); a validation
+        # normal does not.
+        itself = memory.raw_scores(features).max()
+        assert itself < memory.raw_scores(model.memory_features(validation)).min() / 10
+
+    datamodule.setup("test")
+    images = next(iter(datamodule.test_dataloader()[0]))["image"]
+    with torch.no_grad():
+        summed = model(images)
+        own = _own_scores(model, images)
+        memory_scores = memory.raw_scores(model.memory_features(images))
+        assert torch.allclose(summed, memory.combine(own, memory_scores))
+        assert not torch.allclose(summed, own)
+    summary = memory.summary()
+    assert summary["summed"] is True and summary["normals_in_bank"] == 32
+
+    checkpoint = tmp_path / "memory.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    loaded = load_model(checkpoint)
+    assert loaded.model.memory is not None and loaded.model.memory.bank.shape == memory.bank.shape
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(images), summed, atol=1e-5)
+    # The bank and the nearest-neighbour search are part of the exported graph.
+    onnx_path = export_onnx(loaded, tmp_path / "memory.onnx")
+    assert max(verify_onnx(loaded, onnx_path, batch_sizes=(3,)).values()) <= 1e-4
+
+
+def test_the_memory_does_not_change_what_the_model_learns(tmp_path: Path, cache_dir: Path) -> None:
+    # Rebuilding the bank at validation runs the encoder in eval mode (BatchNorm statistics
+    # untouched) and reads the normals under a forked RNG (Skip-GANomaly's training defects
+    # draw from the global one).
+    weights = {}
+    for memory in ("encoder", None):
+        L.seed_everything(3)
+        model = SkipGanomaly(image_size=32, channels=3, memory=memory)
+        _trainer(tmp_path).fit(model, datamodule=_datamodule(cache_dir))
+        weights[memory] = model.generator.state_dict()
+    for name, tensor in weights["encoder"].items():
+        assert torch.equal(tensor, weights[None][name]), name
+
+
+def test_matching_is_in_place_and_the_bank_is_a_seeded_capped_subset() -> None:
+    features = torch.randn(10, 4, 3, 3)
+    memory = FeatureMemory(max_normals=10)
+    memory.fit(features)
+    assert torch.allclose(memory.raw_scores(features), torch.zeros(10), atol=1e-2)
+    # Every vector of this image exists in the bank, but at another position.
+    moved = features[:1].roll(1, dims=-1)
+    assert memory.raw_scores(moved).item() > 0.5
+
+    capped = FeatureMemory(max_normals=4, seed=1)
+    capped.fit(features)
+    again = FeatureMemory(max_normals=4, seed=1)
+    again.fit(features)
+    assert capped.bank.shape == (9, 4, 4) and torch.equal(capped.bank, again.bank)
+    state = capped.state_dict()
+    fresh = FeatureMemory(max_normals=4)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.bank, capped.bank) and not fresh.calibrated
+    with pytest.raises(ValueError, match=r"model\.image_size"):
+        capped.raw_scores(torch.randn(2, 4, 5, 5))
+
+
+@pytest.mark.parametrize(
+    "generator",
+    [
+        GanomalyGenerator(64, 3, base_width=16),
+        Pix2PixUnet(64, 3, base_width=16, skip_levels=()),
+        SelfAttentionUnet(64, 3, depth=4, base_width=16),
+        ConvAutoencoder(64, 3, base_width=16),
+    ],
+    ids=["ganomaly", "skip_ganomaly", "skip_sa", "mife"],
+)
+def test_every_generator_gives_the_memory_its_maps_at_a_quarter_and_an_eighth(
+    generator: torch.nn.Module,
+) -> None:
+    generator.eval()
+    with torch.no_grad():
+        maps = generator.encoder_maps(torch.randn(2, 3, 64, 64), smallest=8)
+        assert maps[-1].shape[-1] == 8
+        assert local_features(maps, 64).shape[-2:] == (16, 16)
+        with pytest.raises(ValueError, match="side"):
+            local_features(maps[:1], 64)
+
+
+def test_bad_memory_settings_are_refused_before_training(tmp_path: Path, cache_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"model\.memory"):
+        Ganomaly(image_size=32, channels=3, memory="knn")
+    with pytest.raises(ValueError, match=r"model\.memory_normals"):
+        Ganomaly(image_size=32, channels=3, memory="encoder", memory_normals=0)
+    with pytest.raises(ValueError, match=r"model=anogan takes no feature memory"):
+        Anogan(image_size=32, channels=3, memory="encoder")
+    # Frames larger than the model's input (as data.resize=tile gives) are refused when
+    # training starts, before any step.
+    model = Ganomaly(image_size=32, channels=3, memory="encoder")
+    with pytest.raises(ValueError, match=r"data\.resize=squash"):
+        _trainer(tmp_path).fit(model, datamodule=_datamodule(cache_dir, image_size=64))
+    assert model.global_step == 0
