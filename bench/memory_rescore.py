@@ -6,9 +6,14 @@ checkpoint that ``val/con`` chooses, and its bank is rebuilt from the checkpoint
 weights at validation, so a run trained without it and re-scored here scores as the same
 run trained with ``model.memory=encoder`` would, at the cost of one validation and one test
 instead of a training. The test images are the *selection* part (the runs must have been
-made with ``--test-part selection``; their own scores are reproduced first).
+made with ``--test-part selection``; their own scores are reproduced first). A run's
+checkpoint does not depend on the test part either, so ``--test-part report`` scores the
+same checkpoints on the report part, checked against the report table's AUROC of the same
+model, set and seed (``--report-table``, ``bench/quality.py``'s output), whose reference it
+reports beside them.
 
     python bench/memory_rescore.py RUN_DIR [RUN_DIR ...] --out bench/results/memory_rescore.jsonl
+    python bench/memory_rescore.py RUN_DIR ... --test-part report --out FILE
     python bench/memory_rescore.py --summarize bench/results/memory_rescore.jsonl
 """
 
@@ -58,23 +63,49 @@ def with_memory(run_model: nn.Module, checkpoint_path: str, memory_normals: int)
     return model
 
 
-def rescore(run_dir: Path, root: Path, fraction: float, memory_normals: int) -> dict:
+def report_row(table: Path, dataset: str, model: str, seed: int) -> dict:
+    """The report table's run of ``model`` on ``dataset`` with ``seed``."""
+    for row in json.loads(table.read_text())["runs"]:
+        if (row["dataset"], row["model"], row["seed"]) == (dataset, model, seed):
+            return row
+    raise SystemExit(f"{table}: no run of {model} on {dataset} with seed {seed}")
+
+
+def rescore(
+    run_dir: Path,
+    root: Path,
+    fraction: float,
+    memory_normals: int,
+    test_part: str = "selection",
+    report_table: Path | None = None,
+) -> dict:
     started = time.perf_counter()
     results = json.loads((run_dir / "results.json").read_text())
     config = results["config"]
     category, seed = config["category"], config["seed"]
     checkpoint_path = results["checkpoint"]["path"]
     run_model = load_model(checkpoint_path).model
-    datamodule = probe_datamodule(root, category, fraction, seed)
+    datamodule = probe_datamodule(root, category, fraction, seed, test_part)
     test_loader = datamodule.test_dataloader()
     test_loader = test_loader[0] if isinstance(test_loader, list) else test_loader
     images, labels, _ = stack_loader(test_loader)
     own = scores_of(run_model, images)
-    kept = read_image_scores(run_dir / "scores" / f"{category}.csv")
-    if not torch.equal(kept.labels, labels.long()) or not torch.allclose(
-        kept.scores.float(), own.float(), rtol=1e-3, atol=1e-4
-    ):
-        raise SystemExit(f"{run_dir}: the reloaded run does not reproduce its selection scores")
+    own_auroc = binary_auroc(own, labels.int()).item()
+    if test_part == "selection":
+        kept = read_image_scores(run_dir / "scores" / f"{category}.csv")
+        if not torch.equal(kept.labels, labels.long()) or not torch.allclose(
+            kept.scores.float(), own.float(), rtol=1e-3, atol=1e-4
+        ):
+            raise SystemExit(f"{run_dir}: the reloaded run does not reproduce its scores")
+        reference = results["categories"][category]["reference"].get("auroc")
+    else:
+        row = report_row(report_table, category, config["model_name"], seed)
+        if abs(row["auroc"] - own_auroc) > 1e-4:
+            raise SystemExit(
+                f"{run_dir}: report-part AUROC {own_auroc:.4f}, the report table's run "
+                f"{row['auroc']:.4f}: not the same checkpoint"
+            )
+        reference = row["reference_auroc"]
     model = with_memory(run_model, checkpoint_path, memory_normals)
     model.read_memory_normals(datamodule)
     trainer = L.Trainer(
@@ -87,17 +118,15 @@ def rescore(run_dir: Path, root: Path, fraction: float, memory_normals: int) -> 
     trainer.validate(model, datamodule=datamodule, verbose=False)
     model.eval()
     summed = scores_of(model, images)
-    category_results = results["categories"][category]
     return {
         "category": category,
         "seed": seed,
         "model": type(run_model).__name__,
         "run_dir": str(run_dir),
-        "own_auroc": round(binary_auroc(own, labels.int()).item(), 4),
+        "test_part": test_part,
+        "own_auroc": round(own_auroc, 4),
         "memory_auroc": round(binary_auroc(summed, labels.int()).item(), 4),
-        "reference_auroc": round(category_results["reference"]["auroc"], 4)
-        if "auroc" in category_results.get("reference", {})
-        else None,
+        "reference_auroc": round(reference, 4) if reference is not None else None,
         "normals_in_bank": int(model.memory.bank.shape[1]),
         "memory_normals": memory_normals,
         "seconds": round(time.perf_counter() - started, 1),
@@ -113,15 +142,21 @@ def summarize(path: Path) -> None:
         sets = sorted({row["category"] for row in mine})
         means = {
             key: {s: statistics.mean(r[key] for r in mine if r["category"] == s) for s in sets}
-            for key in ("own_auroc", "memory_auroc")
+            for key in ("own_auroc", "memory_auroc", "reference_auroc")
         }
         print(f"\n{model} (runs: {len(mine)})\n")
         print("| | " + " | ".join(sets) + " |")
         print("|---|" + "---|" * len(sets))
-        for key, label in (("own_auroc", "own score"), ("memory_auroc", "with the memory")):
+        for key, label in (
+            ("reference_auroc", "better reference (mean / PCA)"),
+            ("own_auroc", "own score (today's default)"),
+            ("memory_auroc", "with the memory"),
+        ):
             print(f"| {label} | " + " | ".join(f"{means[key][s]:.3f}" for s in sets) + " |")
         gains = {s: means["memory_auroc"][s] - means["own_auroc"][s] for s in sets}
         print("| gain | " + " | ".join(f"{gains[s]:+.3f}" for s in sets) + " |")
+        lifts = {s: means["memory_auroc"][s] - means["reference_auroc"][s] for s in sets}
+        print("| lift with the memory | " + " | ".join(f"{lifts[s]:+.3f}" for s in sets) + " |")
         held = []
         for s in sets:
             others = statistics.mean(gains[o] for o in sets if o != s)
@@ -139,10 +174,24 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--selection-fraction", type=float, default=0.3)
     parser.add_argument("--memory-normals", type=int, default=1024)
+    parser.add_argument("--test-part", choices=("selection", "report"), default="selection")
+    parser.add_argument(
+        "--report-table",
+        type=Path,
+        default=REPO / "bench" / "results" / "quality.json",
+        help="with --test-part report: the report table whose runs these checkpoints match",
+    )
     parser.add_argument("--out", type=Path, default=None, help="append results (JSON lines)")
     args = parser.parse_args()
     for run_dir in args.run_dirs:
-        row = rescore(run_dir, args.root, args.selection_fraction, args.memory_normals)
+        row = rescore(
+            run_dir,
+            args.root,
+            args.selection_fraction,
+            args.memory_normals,
+            args.test_part,
+            args.report_table,
+        )
         print(json.dumps(row), flush=True)
         if args.out:
             with args.out.open("a") as handle:

@@ -86,10 +86,12 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
     return ((1 - correct) ** gamma * bce).mean()
 
 
-def probe_datamodule(root: Path, category: str, selection_fraction: float, seed: int) -> Any:
+def probe_datamodule(
+    root: Path, category: str, selection_fraction: float, seed: int, test_part: str = "selection"
+) -> Any:
     """The data module ``python train.py data=mvtec seed=<seed>`` builds (its defaults; the
     split follows the seed, as in ``bench/quality.py``), set up for fit and test on the
-    selection part."""
+    selection part (or ``test_part``: the report part, only to report a choice made)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -100,7 +102,7 @@ def probe_datamodule(root: Path, category: str, selection_fraction: float, seed:
         f"data.root={root}",
         f"data.category={category}",
         f"data.selection_fraction={selection_fraction}",
-        "data.test_part=selection",
+        f"data.test_part={test_part}",
         "data.num_workers=0",
         f"seed={seed}",
     ]

@@ -38,6 +38,44 @@ def build_from_config(config: str, image_size: int, channels: int = 3, **overrid
     return hydra.utils.instantiate(cfg, _convert_="all", **overrides)
 
 
+def small_synthetic_module(folder: Path, image_size: int = 32) -> Any:
+    """A 40-normal synthetic data module in ``folder``, set up for fit: the score companions'
+    tests train on it for a few steps."""
+    from anomaly_gan.data import SyntheticDataModule
+
+    datamodule = SyntheticDataModule(
+        root=folder,
+        image_size=image_size,
+        channels=3,
+        n_train=40,
+        n_test_good=8,
+        n_test_per_defect=4,
+        val_fraction=0.2,
+        batch_size=16,
+        num_workers=0,
+        cache=False,
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def short_trainer(tmp_path: Path, **kwargs: Any) -> Any:
+    """A 4-step Trainer without logger, checkpoints, progress bar or sanity validation."""
+    import lightning as L
+
+    return L.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One synthetic dataset for the whole session (generation is deterministic)."""

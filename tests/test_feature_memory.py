@@ -18,36 +18,14 @@ from anomaly_gan.nets.autoencoder import ConvAutoencoder
 from anomaly_gan.nets.dcgan import GanomalyGenerator
 from anomaly_gan.nets.unet import Pix2PixUnet, SelfAttentionUnet
 from anomaly_gan.onnx_export import export_onnx, verify_onnx
+from tests.conftest import short_trainer, small_synthetic_module
 
 
 def _datamodule(cache_dir: Path, image_size: int = 32) -> SyntheticDataModule:
-    datamodule = SyntheticDataModule(
-        root=cache_dir / f"synthetic_memory_{image_size}",
-        image_size=image_size,
-        channels=3,
-        n_train=40,
-        n_test_good=8,
-        n_test_per_defect=4,
-        val_fraction=0.2,
-        batch_size=16,
-        num_workers=0,
-        cache=False,
-    )
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    return datamodule
+    return small_synthetic_module(cache_dir / f"synthetic_memory_{image_size}", image_size)
 
 
-def _trainer(tmp_path: Path) -> L.Trainer:
-    return L.Trainer(
-        default_root_dir=tmp_path,
-        max_steps=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+_trainer = short_trainer
 
 
 def _own_scores(model: Ganomaly, images: torch.Tensor) -> torch.Tensor:
@@ -176,3 +154,29 @@ def test_bad_memory_settings_are_refused_before_training(tmp_path: Path, cache_d
     with pytest.raises(ValueError, match=r"data\.resize=squash"):
         _trainer(tmp_path).fit(model, datamodule=_datamodule(cache_dir, image_size=64))
     assert model.global_step == 0
+
+
+def test_without_listed_normals_the_memory_stays_out_of_the_score(
+    tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    datamodule = _datamodule(cache_dir)
+    model = Ganomaly(image_size=32, channels=3, companion=None, memory="encoder")
+    with caplog.at_level("WARNING"):
+        _trainer(tmp_path).fit(
+            model,
+            train_dataloaders=datamodule.train_dataloader(),
+            val_dataloaders=datamodule.val_dataloader(),
+        )
+    assert "model.memory=encoder needs one of anomaly_gan.data's data modules" in caplog.text
+    assert model.fitted_memory is None and torch.isfinite(model.threshold)
+    images = next(iter(datamodule.val_dataloader()))["image"]
+    model.eval()
+    with torch.no_grad():
+        output, latent_in, latent_out = model.reconstruct(images)
+        own = model.scorer.score(
+            model.latent_distance(latent_in, latent_out),
+            model.scorer.score_map(images, output.reconstruction),
+        )
+        assert torch.allclose(model(images), own)
+    summary = model.memory.summary()
+    assert summary["summed"] is False and "plain DataLoaders" in summary["note"]

@@ -16,37 +16,14 @@ from anomaly_gan.models.checkpoint import load_model
 from anomaly_gan.onnx_export import export_onnx, verify_onnx
 from anomaly_gan.pca_companion import PcaCompanion
 from anomaly_gan.scoring import DEFAULT_SCORER
+from tests.conftest import short_trainer, small_synthetic_module
 
 
 def _datamodule(cache_dir: Path) -> SyntheticDataModule:
-    datamodule = SyntheticDataModule(
-        root=cache_dir / "synthetic_companion",
-        image_size=32,
-        channels=3,
-        n_train=40,
-        n_test_good=8,
-        n_test_per_defect=4,
-        val_fraction=0.2,
-        batch_size=16,
-        num_workers=0,
-        cache=False,
-    )
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    return datamodule
+    return small_synthetic_module(cache_dir / "synthetic_companion")
 
 
-def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    return L.Trainer(
-        default_root_dir=tmp_path,
-        max_steps=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **kwargs,
-    )
+_trainer = short_trainer
 
 
 def test_companion_is_fitted_on_training_normals_and_travels_in_the_checkpoint(

@@ -252,14 +252,7 @@ class GanAnomalyModule(L.LightningModule):
         if self.companion is None or self.companion.fitted:
             return
         datamodule = self.trainer.datamodule
-        if not lists_normal_images(datamodule):
-            log.warning(
-                "model.companion=%s needs one of anomaly_gan.data's data modules, which list "
-                "the normal images to fit the PCA on; this run has %s, so its score is the "
-                "model's alone. Pass companion=None (model.companion=null) to silence this.",
-                self.hparams.companion,
-                "plain DataLoaders" if datamodule is None else type(datamodule).__name__,
-            )
+        if not self._lists_normals(datamodule, "companion", "the PCA is not summed in"):
             return
         # Reading the normals draws loader seeds from the global RNG: fork it, so that the
         # model trains on the same batches, and to the same weights, with or without it.
@@ -271,6 +264,23 @@ class GanAnomalyModule(L.LightningModule):
             self.hparams.companion,
             self.companion.pca.k,
         )
+
+    def _lists_normals(self, datamodule: Any, key: str, consequence: str) -> bool:
+        """Whether ``datamodule`` lists its normal images, which ``model.<key>`` is fitted
+        on; if not (plain DataLoaders), warn that the score is the model's alone."""
+        if lists_normal_images(datamodule):
+            return True
+        log.warning(
+            "model.%s=%s needs one of anomaly_gan.data's data modules, which list the normal "
+            "images to fit it on; this run has %s, so %s and the score is the model's alone. "
+            "Pass model.%s=null to silence this.",
+            key,
+            self.hparams[key],
+            "plain DataLoaders" if datamodule is None else type(datamodule).__name__,
+            consequence,
+            key,
+        )
+        return False
 
     def read_memory_normals(self, datamodule: Any) -> None:
         """Keep the training normals of ``datamodule`` for the feature memory
@@ -284,14 +294,7 @@ class GanAnomalyModule(L.LightningModule):
                 f"model.memory={self.hparams.memory} needs a generator with an encoder; "
                 f"{type(self).__name__}'s has none: set model.memory=null"
             )
-        if not lists_normal_images(datamodule):
-            log.warning(
-                "model.memory=%s needs one of anomaly_gan.data's data modules, which list the "
-                "training normals; this run has %s, so no memory is summed in. Pass "
-                "model.memory=null to silence this.",
-                self.hparams.memory,
-                "plain DataLoaders" if datamodule is None else type(datamodule).__name__,
-            )
+        if not self._lists_normals(datamodule, "memory", "no memory is summed in"):
             return
         with torch.random.fork_rng(devices=[]):  # as the companion's fit (below)
             normals = training_normals(datamodule)
