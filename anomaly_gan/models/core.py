@@ -154,6 +154,11 @@ class GanAnomalyModule(L.LightningModule):
 
     default_loss = GeneratorLoss()
     default_scorer: Mapping[str, Any] = DEFAULT_SCORER
+    #: ``model.memory`` when the caller does not say: an architecture whose class passes
+    #: it on (``core.setdefault("memory", self.default_memory)``) sets "encoder" where
+    #: leaving one set out chose it (docs/what-works.md, "The encoder's feature memory").
+    default_memory: str | None = None
+
     #: Why ``python export.py`` refuses this architecture (an actionable message), or None:
     #: its scoring is one feed-forward graph and exports to ONNX.
     export_refusal: str | None = None

@@ -27,6 +27,8 @@ from anomaly_gan.nets.dcgan import DcganDiscriminator, GanomalyGenerator
 
 
 class Ganomaly(GanAnomalyModule):
+    default_memory = "encoder"
+
     def __init__(
         self,
         image_size: int = 32,
@@ -36,6 +38,7 @@ class Ganomaly(GanAnomalyModule):
         max_width: int | None = None,
         **core: Any,
     ) -> None:
+        core.setdefault("memory", self.default_memory)
         super().__init__(image_size=image_size, channels=channels, **core)
         base_width = self.resolve_base_width(base_width)
         self.generator = GanomalyGenerator(image_size, channels, latent_dim, base_width, max_width)

@@ -107,6 +107,8 @@ class Mife(_AutoencoderGan):
 class MifeBaseline(_AutoencoderGan):
     """The MIFE paper's Baseline: the same autoencoder with no skips and no attention (II.B)."""
 
+    default_memory = "encoder"
+
     def __init__(
         self,
         image_size: int = 32,
@@ -115,5 +117,6 @@ class MifeBaseline(_AutoencoderGan):
         base_width: int | None = None,
         **core: Any,
     ) -> None:
+        core.setdefault("memory", self.default_memory)
         super().__init__(image_size=image_size, channels=channels, **core)
         self._build("the MIFE Baseline", latent_dim, base_width, (), ())

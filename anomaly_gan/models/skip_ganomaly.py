@@ -69,6 +69,7 @@ class SkipGanomaly(GanAnomalyModule):
     #: conf/model/corruption/defects.yaml: defects in the training input unless the caller
     #: passes ``corruption`` (``None`` or ``{}``: clean inputs, as the paper trains).
     default_corruption = SyntheticDefects()
+    default_memory = "encoder"
 
     def __init__(
         self,
@@ -80,6 +81,7 @@ class SkipGanomaly(GanAnomalyModule):
         **core: Any,
     ) -> None:
         core.setdefault("corruption", self.default_corruption)
+        core.setdefault("memory", self.default_memory)
         super().__init__(image_size=image_size, channels=channels, **core)
         base_width = self.resolve_base_width(base_width)
         check_image_size(image_size, supported_sizes(), "Skip-GANomaly")
