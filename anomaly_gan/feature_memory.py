@@ -87,8 +87,10 @@ class FeatureMemory(nn.Module):
             raise ValueError(f"model.memory_normals must be an integer >= 1, got {max_normals!r}")
         self.max_normals = max_normals
         self.seed = seed
-        # (positions, images, channels); empty until :meth:`fit`.
+        # (positions, images, channels), centred per position; empty until :meth:`fit`.
         self.register_buffer("bank", torch.zeros(0, 0, 0, dtype=torch.float16))
+        # (positions, 1, channels): the training normals' mean feature at each position.
+        self.register_buffer("bank_mean", torch.zeros(0, 1, 0))
         for name in ("own_center", "own_scale", "memory_center", "memory_scale"):
             self.register_buffer(name, torch.tensor(math.nan))
         self._calibrated = False
@@ -96,9 +98,10 @@ class FeatureMemory(nn.Module):
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
-        bank = state_dict.get(prefix + "bank")
-        if bank is not None:  # its shape is the data's, not the constructor's
-            self.bank = torch.empty_like(bank, device=self.bank.device)
+        for name in ("bank", "bank_mean"):  # their shapes are the data's, not the constructor's
+            stored = state_dict.get(prefix + name)
+            if stored is not None:
+                setattr(self, name, torch.empty_like(stored, device=self.bank.device))
         scale = state_dict.get(prefix + "memory_scale")
         self._calibrated = scale is not None and bool(torch.isfinite(scale).all())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -112,15 +115,26 @@ class FeatureMemory(nn.Module):
         """Fitted and standardised by a validation (a plain flag, as the companion's)."""
         return self.fitted and self._calibrated
 
+    def kept(self, normals: Tensor) -> Tensor:
+        """The ``max_normals`` of ``normals`` (N, ...) the bank keeps: all of them, or a
+        seeded random subset in their order (the same subset every time)."""
+        if normals.shape[0] <= self.max_normals:
+            return normals
+        generator = torch.Generator().manual_seed(self.seed)
+        keep = torch.randperm(normals.shape[0], generator=generator)[: self.max_normals]
+        return normals[keep.sort().values.to(normals.device)]
+
     @torch.no_grad()
     def fit(self, features: Tensor) -> None:
         """Remember the training normals' features (N, C, H, W), at most ``max_normals`` of
-        them; the calibration of an earlier bank no longer holds."""
-        if features.shape[0] > self.max_normals:
-            generator = torch.Generator().manual_seed(self.seed)
-            keep = torch.randperm(features.shape[0], generator=generator)[: self.max_normals]
-            features = features[keep.sort().values.to(features.device)]
-        self.bank = features.flatten(2).permute(2, 0, 1).to(torch.float16).contiguous()
+        them (:meth:`kept`); the calibration of an earlier bank no longer holds."""
+        vectors = self.kept(features).float().flatten(2).permute(2, 0, 1)  # (P, N, C)
+        # Distances do not change under a shift; centred vectors keep the nearest-neighbour
+        # search's |a|² + |b|² − 2ab well conditioned in float32 (the matched vectors lie
+        # close together, far from the origin), so scores agree across batch sizes and
+        # with the exported graph.
+        self.bank_mean = vectors.mean(1, keepdim=True)
+        self.bank = (vectors - self.bank_mean).to(torch.float16).contiguous()
         self._calibrated = False
 
     @torch.no_grad()
@@ -144,7 +158,7 @@ class FeatureMemory(nn.Module):
         chunks = (features,) if torch.compiler.is_exporting() else features.split(QUERY_CHUNK)
         scores = []
         for chunk in chunks:
-            queries = chunk.flatten(2).permute(2, 0, 1)  # (P, B, C)
+            queries = chunk.flatten(2).permute(2, 0, 1) - self.bank_mean  # (P, B, C)
             nearest = torch.cdist(queries, bank).amin(2)  # (P, B)
             scores.append(nearest.amax(0))
         return torch.cat(scores)

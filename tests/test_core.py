@@ -159,9 +159,10 @@ def test_non_finite_loss_stops_with_named_term_and_keeps_last_good_checkpoint(
 ) -> None:
     dataset = RandomImages()
     val_dataset = RandomImages(n=8)
-    # Plain DataLoaders list no normals to fit a PCA companion on: an unfitted one keeps
-    # NaN buffers ("not fitted"), which are not the weights this test checks.
-    model = Ganomaly(image_size=32, channels=3, companion=None)
+    # Plain DataLoaders list no normals to fit a PCA companion or a feature memory on:
+    # unfitted ones keep NaN buffers ("not fitted"), which are not the weights this test
+    # checks.
+    model = Ganomaly(image_size=32, channels=3, companion=None, memory=None)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = _trainer(tmp_path, max_epochs=3, callbacks=[checkpoint, PoisonAtEpoch(dataset, 1)])
     with pytest.raises(NonFiniteLossError) as error:
@@ -180,7 +181,9 @@ def test_deferred_checks_stop_before_the_next_checkpoint(tmp_path: Path) -> None
     within the run) and before each validation and checkpoint. The error names the first
     bad step, and no checkpoint holds weights from after it."""
     dataset = RandomImages()
-    model = Ganomaly(image_size=32, channels=3, companion=None)  # plain DataLoaders (above)
+    model = Ganomaly(
+        image_size=32, channels=3, companion=None, memory=None
+    )  # plain DataLoaders (above)
     model.sync_free_checks = True
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = _trainer(
@@ -399,7 +402,11 @@ def test_validation_defects_leave_training_and_calibration_untouched(tmp_path: P
     for validation_defects in (True, False):
         L.seed_everything(0)
         model = Ganomaly(
-            image_size=32, channels=3, validation_defects=validation_defects, companion=None
+            image_size=32,
+            channels=3,
+            validation_defects=validation_defects,
+            companion=None,
+            memory=None,
         )
         trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=False)
         loader = DataLoader(RandomImages(n=24), batch_size=8)

@@ -30,7 +30,7 @@ def test_companion_is_fitted_on_training_normals_and_travels_in_the_checkpoint(
     tmp_path: Path, cache_dir: Path
 ) -> None:
     datamodule = _datamodule(cache_dir)
-    model = Ganomaly(image_size=32, channels=3, companion="pca")
+    model = Ganomaly(image_size=32, channels=3, companion="pca", memory=None)
     trainer = _trainer(tmp_path)
     trainer.fit(model, datamodule=datamodule)
 

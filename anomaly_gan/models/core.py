@@ -290,8 +290,9 @@ class GanAnomalyModule(L.LightningModule):
     def read_memory_normals(self, datamodule: Any) -> None:
         """Keep the training normals of ``datamodule`` for the feature memory
         (``model.memory``; when training starts, or before a validation re-scores a trained
-        run), after checking that the generator has an encoder and that the images are
-        whole squares of the model's size. Each validation then rebuilds the bank."""
+        run), after checking that the generator has an encoder; frames larger than the
+        model's input (``data.resize=tile``) leave the memory out, with a warning. Each
+        validation then rebuilds the bank."""
         if self.memory is None:
             raise ValueError("model.memory is null: there is no feature memory to build")
         if not callable(getattr(self.generator, "encoder_maps", None)):
@@ -301,17 +302,24 @@ class GanAnomalyModule(L.LightningModule):
             )
         if not self._lists_normals(datamodule, "memory", "no memory is summed in"):
             return
-        with torch.random.fork_rng(devices=[]):  # as the companion's fit (below)
+        with torch.random.fork_rng(devices=[]):  # as the companion's fit in on_fit_start
             normals = training_normals(datamodule)
         size = self.hparams.image_size
         if tuple(normals.shape[-2:]) != (size, size):
-            raise ValueError(
-                f"model.memory={self.hparams.memory} compares whole images of the model's "
-                f"size ({size}×{size}), but the data module gives {normals.shape[-2]}×"
-                f"{normals.shape[-1]} frames (data.resize=tile): set data.resize=squash, or "
-                f"model.memory=null"
+            # A default (GANomaly's, ...) must not stop a tiled run: it runs without.
+            log.warning(
+                "model.memory=%s compares whole images of the model's size (%d×%d), but the "
+                "data module gives %d×%d frames (data.resize=tile), so no memory is summed in "
+                "and the score is the model's alone. Pass model.memory=null to silence this.",
+                self.hparams.memory,
+                size,
+                size,
+                normals.shape[-2],
+                normals.shape[-1],
             )
-        self._memory_normals = normals
+            return
+        # Only the images the bank keeps stay in memory for the whole run.
+        self._memory_normals = self.memory.kept(normals)
 
     def memory_features(self, image: Tensor) -> Tensor:
         """The feature memory's local features (B, C, S/4, S/4) of square images of the
