@@ -198,7 +198,8 @@ class FeatureMemory(nn.Module):
                 "not calibrated: no validation standardised the memory's score, so the "
                 "score is the model's alone"
                 if self.fitted
-                else "not fitted: the run's data module lists no normal images (plain "
-                "DataLoaders), so the score is the model's alone"
+                else "not fitted: the run listed no training images of the model's size "
+                "(plain DataLoaders, or data.resize=tile frames), so the score is the "
+                "model's alone"
             )
         return summary
