@@ -102,6 +102,10 @@ class FeatureMemory(nn.Module):
             stored = state_dict.get(prefix + name)
             if stored is not None:
                 setattr(self, name, torch.empty_like(stored, device=self.bank.device))
+        # A checkpoint from before the memory existed (a run resumed under today's default):
+        # the memory starts empty and the next validation builds it.
+        for name, value in self.state_dict().items():
+            state_dict.setdefault(prefix + name, value)
         scale = state_dict.get(prefix + "memory_scale")
         self._calibrated = scale is not None and bool(torch.isfinite(scale).all())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

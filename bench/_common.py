@@ -255,6 +255,15 @@ def run_datamodule(
     return MVTecDataModule(**data)
 
 
+def emit_row(row: dict[str, Any], out: Path | None) -> None:
+    """Print a result row as one JSON line and append it to ``out`` (JSON lines), if given:
+    a probe's rows survive a run that stops part-way."""
+    print(json.dumps(row), flush=True)
+    if out:
+        with out.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
 def read_results(run_dir: Path) -> dict[str, Any]:
     """A run's ``results.json``; an empty dict where the run has not written one."""
     results_file = run_dir / "results.json"

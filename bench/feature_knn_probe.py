@@ -42,6 +42,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _common import emit_row  # noqa: E402
 from segmentation_probe import probe_datamodule  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
@@ -349,10 +350,7 @@ def main() -> None:
             ),
             "seconds": round(time.perf_counter() - started, 1),
         }
-        print(json.dumps(result), flush=True)
-        if args.out:
-            with args.out.open("a") as handle:
-                handle.write(json.dumps(result) + "\n")
+        emit_row(result, args.out)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-from _common import REPO, ensure_repo_on_path, run_datamodule
+from _common import REPO, emit_row, ensure_repo_on_path, run_datamodule
 
 ensure_repo_on_path()
 
@@ -297,10 +297,7 @@ def main() -> None:
         parser.error(f"no results.json in: {', '.join(missing)} (pass finished train.py runs)")
     for run_dir in args.run_dirs:
         row = probe(run_dir, args)
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with args.out.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+        emit_row(row, args.out)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from _common import emit_row  # noqa: E402
 from segmentation_probe import probe_datamodule  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torchmetrics.functional.classification import binary_auroc  # noqa: E402
@@ -192,10 +193,7 @@ def main() -> None:
             args.test_part,
             args.report_table,
         )
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with args.out.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+        emit_row(row, args.out)
 
 
 if __name__ == "__main__":

@@ -188,3 +188,30 @@ def test_without_listed_normals_the_memory_stays_out_of_the_score(
         assert torch.allclose(model(images), own)
     summary = model.memory.summary()
     assert summary["summed"] is False and "plain DataLoaders" in summary["note"]
+
+
+def test_a_checkpoint_from_before_the_memory_loads_without_it(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """GANomaly's checkpoints written before the memory existed name no ``memory`` and hold
+    no memory buffers: they load as trained (no memory), also into a model that has one."""
+    datamodule = _datamodule(cache_dir)
+    model = Ganomaly(image_size=32, channels=3, memory=None)
+    trainer = _trainer(tmp_path)
+    trainer.fit(model, datamodule=datamodule)
+    path = tmp_path / "before.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["hyper_parameters"]["memory"]  # as written before the key existed
+    torch.save(checkpoint, path)
+
+    loaded = load_model(path).model
+    assert loaded.memory is None
+    images = next(iter(datamodule.val_dataloader()))["image"]
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), model(images), atol=1e-6)
+    # Resuming it under today's default (memory=encoder): the memory starts empty.
+    with_memory = Ganomaly(image_size=32, channels=3, memory="encoder")
+    with_memory.load_state_dict(checkpoint["state_dict"], strict=True)
+    assert with_memory.memory is not None and with_memory.fitted_memory is None

@@ -126,6 +126,11 @@ def _preprocessing(
     )
 
 
+#: Hyperparameters a checkpoint written before they existed lacks, and what it was trained
+#: with: no feature memory (now GANomaly's, Skip-GANomaly's and the Baseline's default).
+HPARAMS_BEFORE_THEY_EXISTED: dict[str, Any] = {"memory": None}
+
+
 def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the trained model (eval mode, on ``device``) from a checkpoint file alone."""
     path = Path(checkpoint_path).expanduser()
@@ -147,7 +152,7 @@ def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") 
             f"ckpt_path={path} is not a Lightning checkpoint written by train.py: it needs "
             f"'state_dict' and 'hyper_parameters', it has {keys}."
         )
-    hparams = dict(checkpoint["hyper_parameters"])
+    hparams = {**HPARAMS_BEFORE_THEY_EXISTED, **checkpoint["hyper_parameters"]}
     cls = _architecture_class(_class_path(checkpoint, path), path)
     model = cls(**hparams)
     model.on_load_checkpoint(checkpoint)  # the same fix-ups Lightning's own loading applies
