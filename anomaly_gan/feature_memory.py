@@ -146,10 +146,9 @@ class FeatureMemory(nn.Module):
         """Largest in-place nearest-neighbour distance per image, (B,), of features
         (B, C, H, W) laid out as the bank's."""
         positions = features.shape[-2] * features.shape[-1]
-        if (
-            not self.fitted
-            or positions != self.bank.shape[0]
-            or (features.shape[1] != self.bank.shape[2])
+        if not self.fitted or (positions, features.shape[1]) != (
+            self.bank.shape[0],
+            self.bank.shape[2],
         ):
             raise ValueError(
                 f"the feature memory holds {tuple(self.bank.shape)} (positions, images, "

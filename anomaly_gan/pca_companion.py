@@ -40,7 +40,6 @@ from anomaly_gan.evaluation.reference import (
     centre_and_spread,
     fit_pca,
     reference_scorer,
-    training_normals,
 )
 from anomaly_gan.nets.pca import PcaReconstruction
 from anomaly_gan.scoring import full_precision, separation_auroc
@@ -128,10 +127,6 @@ class PcaCompanion(nn.Module):
         pca = fit_pca(train, self.tile if tiled else None)
         pca.truncate()
         self.pca = pca.to(self.pca_center.device)
-
-    def fit_on(self, datamodule: Any) -> None:
-        """:meth:`fit` on the training normals of ``datamodule``."""
-        self.fit(training_normals(datamodule))
 
     def reconstruct(self, images: Tensor) -> Tensor:
         """The PCA reconstruction of images or of tiled frames, same shape, in float32

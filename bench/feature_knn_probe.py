@@ -50,6 +50,7 @@ from torchmetrics.functional.classification import binary_auroc  # noqa: E402
 
 from anomaly_gan.evaluation.image_scores import read_image_scores  # noqa: E402
 from anomaly_gan.evaluation.reference import stack_loader  # noqa: E402
+from anomaly_gan.feature_memory import local_features  # noqa: E402
 from anomaly_gan.models.checkpoint import load_model  # noqa: E402
 
 #: Largest memory bank kept (a random subset of the training patches beyond it).
@@ -64,63 +65,22 @@ SOURCES = (
 
 
 def discriminator_features(discriminator: nn.Module, images: Tensor) -> Tensor:
-    """The maps at 1/4 and 1/8 of the input size, the coarser upsampled, concatenated and
-    averaged over 3 × 3 neighbourhoods: (B, C, H/4, W/4)."""
+    """The discriminator's activated maps at 1/4 and 1/8 of the input size, joined as the
+    framework's feature memory joins the encoder's (:func:`local_features`)."""
     maps: list[Tensor] = []
     current = images
     for layer in discriminator.features:
         current = layer(current)
-        if isinstance(layer, nn.LeakyReLU) and current.shape[-1] in (
-            images.shape[-1] // 4,
-            images.shape[-1] // 8,
-        ):
+        if isinstance(layer, nn.LeakyReLU):
             maps.append(current)
-    size = maps[0].shape[-2:]
-    joined = torch.cat([F.interpolate(m, size=size, mode="bilinear") for m in maps], dim=1)
-    return F.avg_pool2d(joined, 3, 1, 1)
-
-
-def generator_encoder_maps(generator: nn.Module, images: Tensor) -> list[Tensor]:
-    """The generator's encoder maps from the input down to 1/8 of its size, post-activation:
-    Skip-GANomaly's pix2pix down path (with the LeakyReLU(0.2) the next level applies),
-    Skip-SA's attended levels (before their max-pool) and MIFE's / the Baseline's encoder
-    blocks."""
-    maps: list[Tensor] = []
-    current = images
-    if hasattr(generator, "down"):  # Pix2PixUnet
-        for down in generator.down:
-            current = down(current)
-            maps.append(F.leaky_relu(current, 0.2))
-            if current.shape[-1] <= images.shape[-1] // 8:
-                break
-    elif hasattr(generator, "bottleneck"):  # SelfAttentionUnet
-        for convs, attention in zip(generator.encoder, generator.attention, strict=True):
-            current = attention(convs(current))
-            maps.append(current)
-            if current.shape[-1] <= images.shape[-1] // 8:
-                break
-            current = F.max_pool2d(current, 2)
-    else:  # ConvAutoencoder (MIFE, Baseline)
-        encoder = generator.encoder
-        for block, attention in zip(encoder.blocks, encoder.attention, strict=True):
-            current = attention(block(current))
-            maps.append(current)
-            if current.shape[-1] <= images.shape[-1] // 8:
-                break
-    return maps
+    return local_features(maps, images.shape[-1])
 
 
 def encoder_features(generator: nn.Module, images: Tensor) -> Tensor:
-    """:func:`discriminator_features` for a U-Net's or autoencoder's encoder: its maps at 1/4
-    and 1/8 of the input (:func:`generator_encoder_maps`)."""
-    maps = [
-        m
-        for m in generator_encoder_maps(generator, images)
-        if m.shape[-1] in (images.shape[-1] // 4, images.shape[-1] // 8)
-    ]
-    size = maps[0].shape[-2:]
-    joined = torch.cat([F.interpolate(m, size=size, mode="bilinear") for m in maps], dim=1)
-    return F.avg_pool2d(joined, 3, 1, 1)
+    """The generator encoder's features of the framework's feature memory
+    (``encoder_maps`` of every generator, :func:`local_features`)."""
+    side = images.shape[-1]
+    return local_features(generator.encoder_maps(images, side // 8), side)
 
 
 def pixel_patches(images: Tensor) -> Tensor:
@@ -303,12 +263,7 @@ def main() -> None:
         "discriminator-untrained": lambda x: discriminator_features(untrained.discriminator, x),
         "pixels": pixel_patches,
     }
-    if hasattr(trained.generator, "encoder_in"):  # GANomaly: the DCGAN encoder of its generator
-        extractors["encoder"] = lambda x: discriminator_features(trained.generator.encoder_in, x)
-        extractors["encoder-untrained"] = lambda x: discriminator_features(
-            untrained.generator.encoder_in, x
-        )
-    elif type(trained).__name__ != "AnoGan":  # the U-Nets' and autoencoders' encoders
+    if hasattr(trained.generator, "encoder_maps"):  # every generator but AnoGAN's
         extractors["encoder"] = lambda x: encoder_features(trained.generator, x)
         extractors["encoder-untrained"] = lambda x: encoder_features(untrained.generator, x)
     sources = [source for source in args.sources if source in extractors]

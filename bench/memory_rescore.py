@@ -49,18 +49,12 @@ def scores_of(model: nn.Module, images: Tensor) -> Tensor:
         return torch.cat([model(chunk) for chunk in images.split(64)])
 
 
-def with_memory(run_model: nn.Module, checkpoint_path: str, memory_normals: int) -> nn.Module:
-    """The run's architecture and weights with ``memory="encoder"`` (bank not yet built)."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    hparams = {**checkpoint["hyper_parameters"], "memory": "encoder"}
-    hparams["memory_normals"] = memory_normals
+def with_memory(run_model: nn.Module, memory_normals: int) -> nn.Module:
+    """The run's architecture and loaded weights with ``memory="encoder"``: the memory,
+    absent from the run's state dict, starts empty (its validation builds it)."""
+    hparams = {**run_model.hparams, "memory": "encoder", "memory_normals": memory_normals}
     model = type(run_model)(**hparams)
-    model.on_load_checkpoint(checkpoint)
-    missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
-    if unexpected or any(not key.startswith("memory.") for key in missing):
-        raise SystemExit(
-            f"{checkpoint_path}: keys differ beyond the memory's: {missing} {unexpected}"
-        )
+    model.load_state_dict(run_model.state_dict(), strict=True)
     return model
 
 
@@ -107,7 +101,7 @@ def rescore(
                 f"{row['auroc']:.4f}: not the same checkpoint"
             )
         reference = row["reference_auroc"]
-    model = with_memory(run_model, checkpoint_path, memory_normals)
+    model = with_memory(run_model, memory_normals)
     model.read_memory_normals(datamodule)
     trainer = L.Trainer(
         accelerator="cpu",

@@ -42,7 +42,12 @@ from torch import Tensor, nn
 
 from anomaly_gan.corruption import VALIDATION_KINDS, SyntheticDefects
 from anomaly_gan.evaluation.reference import lists_normal_images, training_normals
-from anomaly_gan.feature_memory import FeatureMemory, check_memory, local_features
+from anomaly_gan.feature_memory import (
+    FEATURE_STRIDES,
+    FeatureMemory,
+    check_memory,
+    local_features,
+)
 from anomaly_gan.losses import GeneratorLoss, discriminator_loss, distance
 from anomaly_gan.models.step_checks import (
     DeferredStepChecks,
@@ -248,62 +253,84 @@ class GanAnomalyModule(L.LightningModule):
         return self.device.type != "cpu"
 
     def on_fit_start(self) -> None:
-        """Fit the PCA companion on the data module's normals (once: a resumed run keeps the
-        checkpoint's) and read the training normals the feature memory is built from.
-        Without one of the project's data modules (plain DataLoaders) there are no listed
-        normals to fit them on: the score stays the model's alone, with a warning."""
+        """Fit the PCA companion on the data module's training normals (once: a resumed run
+        keeps the checkpoint's) and keep them for the feature memory, decoding them once for
+        both. Without one of the project's data modules (plain DataLoaders) there are no
+        listed normals to fit them on: the score stays the model's alone, with a warning."""
+        fit_pca = self.companion is not None and not self.companion.fitted
         if self.memory is not None:
-            self.read_memory_normals(self.trainer.datamodule)
-        if self.companion is None or self.companion.fitted:
+            self._check_memory_generator()
+        if not fit_pca and self.memory is None:
             return
         datamodule = self.trainer.datamodule
-        if not self._lists_normals(datamodule, "companion", "the PCA is not summed in"):
+        if not self._lists_normals(datamodule, fit_pca):
             return
         # Reading the normals draws loader seeds from the global RNG: fork it, so that the
-        # model trains on the same batches, and to the same weights, with or without it.
+        # model trains on the same batches, and to the same weights, with or without them.
         with torch.random.fork_rng(devices=[]):
-            self.companion.fit_on(datamodule)
-        log.info(
-            "model.companion=%s: PCA of the training normals with k=%d (the largest "
-            "candidate below their number).",
-            self.hparams.companion,
-            self.companion.pca.k,
-        )
+            normals = training_normals(datamodule)
+        if self.memory is not None:
+            self._keep_memory_normals(normals)
+        if fit_pca:
+            self.companion.fit(normals)
+            log.info(
+                "model.companion=%s: PCA of the training normals with k=%d (the largest "
+                "candidate below their number).",
+                self.hparams.companion,
+                self.companion.pca.k,
+            )
 
-    def _lists_normals(self, datamodule: Any, key: str, consequence: str) -> bool:
-        """Whether ``datamodule`` lists its normal images, which ``model.<key>`` is fitted
-        on; if not (plain DataLoaders), warn that the score is the model's alone."""
+    def _lists_normals(self, datamodule: Any, fit_pca: bool) -> bool:
+        """Whether ``datamodule`` lists its normal images, which the PCA companion (when
+        ``fit_pca``) and the feature memory are fitted on; if not (plain DataLoaders), warn
+        for each that the score is the model's alone."""
         if lists_normal_images(datamodule):
             return True
-        log.warning(
-            "model.%s=%s needs one of anomaly_gan.data's data modules, which list the normal "
-            "images to fit it on; this run has %s, so %s and the score is the model's alone. "
-            "Pass model.%s=null to silence this.",
-            key,
-            self.hparams[key],
-            "plain DataLoaders" if datamodule is None else type(datamodule).__name__,
-            consequence,
-            key,
-        )
+        found = "plain DataLoaders" if datamodule is None else type(datamodule).__name__
+        for key, needed, consequence in (
+            ("companion", fit_pca, "the PCA is not summed in"),
+            ("memory", self.memory is not None, "no memory is summed in"),
+        ):
+            if needed:
+                log.warning(
+                    "model.%s=%s needs one of anomaly_gan.data's data modules, which list the "
+                    "normal images to fit it on; this run has %s, so %s and the score is the "
+                    "model's alone. Pass model.%s=null to silence this.",
+                    key,
+                    self.hparams[key],
+                    found,
+                    consequence,
+                    key,
+                )
         return False
 
-    def read_memory_normals(self, datamodule: Any) -> None:
-        """Keep the training normals of ``datamodule`` for the feature memory
-        (``model.memory``; when training starts, or before a validation re-scores a trained
-        run), after checking that the generator has an encoder; frames larger than the
-        model's input (``data.resize=tile``) leave the memory out, with a warning. Each
-        validation then rebuilds the bank."""
-        if self.memory is None:
-            raise ValueError("model.memory is null: there is no feature memory to build")
+    def _check_memory_generator(self) -> None:
+        """``model.memory`` needs a generator that gives its encoder's maps."""
         if not callable(getattr(self.generator, "encoder_maps", None)):
             raise ValueError(
                 f"model.memory={self.hparams.memory} needs a generator with an encoder; "
                 f"{type(self).__name__}'s has none: set model.memory=null"
             )
-        if not self._lists_normals(datamodule, "memory", "no memory is summed in"):
-            return
-        with torch.random.fork_rng(devices=[]):  # as the companion's fit in on_fit_start
-            normals = training_normals(datamodule)
+
+    def read_memory_normals(self, datamodule: Any) -> None:
+        """Keep the training normals of ``datamodule`` for the feature memory
+        (``model.memory``), as :meth:`on_fit_start` does: before a validation re-scores a
+        trained run with it (``bench/memory_rescore.py``). Each validation then rebuilds
+        the bank."""
+        if self.memory is None:
+            raise ValueError("model.memory is null: there is no feature memory to build")
+        self._check_memory_generator()
+        if not lists_normal_images(datamodule):
+            raise ValueError(
+                f"model.memory needs one of anomaly_gan.data's data modules, which list the "
+                f"training normals; got {type(datamodule).__name__}"
+            )
+        with torch.random.fork_rng(devices=[]):
+            self._keep_memory_normals(training_normals(datamodule))
+
+    def _keep_memory_normals(self, normals: Tensor) -> None:
+        """Keep the images the memory's bank is built from; frames larger than the model's
+        input (``data.resize=tile``) leave the memory out, with a warning."""
         size = self.hparams.image_size
         if tuple(normals.shape[-2:]) != (size, size):
             # A default (GANomaly's, ...) must not stop a tiled run: it runs without.
@@ -325,7 +352,7 @@ class GanAnomalyModule(L.LightningModule):
         """The feature memory's local features (B, C, S/4, S/4) of square images of the
         model's size (:func:`~anomaly_gan.feature_memory.local_features`)."""
         side = image.shape[-1]
-        smallest = side // 8
+        smallest = side // max(FEATURE_STRIDES)
         return local_features(self.generator.encoder_maps(image, smallest), side)
 
     @torch.no_grad()

@@ -78,16 +78,12 @@ class ConvEncoder(nn.Module):
         self.to_latent = nn.Linear(self.widths[-1] * self.bottleneck_size**2, latent_dim)
 
     def forward(self, image: Tensor) -> tuple[Tensor, list[Tensor]]:
-        maps: list[Tensor] = []
-        x = image
-        for block, attention in zip(self.blocks, self.attention, strict=True):
-            x = attention(block(x))
-            maps.append(x)
-        return self.to_latent(x.flatten(1)), maps
+        maps = self.block_maps(image, smallest=0)
+        return self.to_latent(maps[-1].flatten(1)), maps
 
-    def block_maps(self, image: Tensor, smallest: int = 1) -> list[Tensor]:
+    def block_maps(self, image: Tensor, smallest: int = 0) -> list[Tensor]:
         """The blocks' (attended) maps from side S/2 down, stopping after the first of side
-        ``smallest`` or less (without the Linear to the latent)."""
+        ``smallest`` or less (0: all five; without the Linear to the latent)."""
         maps: list[Tensor] = []
         x = image
         for block, attention in zip(self.blocks, self.attention, strict=True):
@@ -174,7 +170,7 @@ class ConvAutoencoder(nn.Module):
     def encode(self, image: Tensor) -> Tensor:
         return self.encoder(image)[0]
 
-    def encoder_maps(self, image: Tensor, smallest: int = 1) -> list[Tensor]:
+    def encoder_maps(self, image: Tensor, smallest: int = 0) -> list[Tensor]:
         """The encoder's block maps (:meth:`ConvEncoder.block_maps`)."""
         return self.encoder.block_maps(image, smallest)
 

@@ -98,7 +98,7 @@ class DcganEncoder(_DcganStack):
     def forward(self, image: Tensor) -> Tensor:
         return self.head(self.features(image))
 
-    def maps(self, image: Tensor, smallest: int = 1) -> list[Tensor]:
+    def maps(self, image: Tensor, smallest: int = 0) -> list[Tensor]:
         """The activated map of every stride-2 block, from side S/2 down, stopping after
         the first of side ``smallest`` or less (the feature memory's input)."""
         maps: list[Tensor] = []
@@ -184,7 +184,7 @@ class GanomalyGenerator(nn.Module):
         latent_out = self.encoder_out(reconstruction)
         return reconstruction, latent_in.flatten(1), latent_out.flatten(1)
 
-    def encoder_maps(self, image: Tensor, smallest: int = 1) -> list[Tensor]:
+    def encoder_maps(self, image: Tensor, smallest: int = 0) -> list[Tensor]:
         """The first encoder's block maps (:meth:`DcganEncoder.maps`)."""
         return self.encoder_in.maps(image, smallest)
 

@@ -110,7 +110,7 @@ class Pix2PixUnet(nn.Module):
             x = self.up[level](x)
         return x
 
-    def encoder_maps(self, image: Tensor, smallest: int = 1) -> list[Tensor]:
+    def encoder_maps(self, image: Tensor, smallest: int = 0) -> list[Tensor]:
         """The down path's level maps, activated (the LeakyReLU(0.2) the next level would
         apply), from side S/2 down, stopping after the first of side ``smallest`` or less."""
         maps: list[Tensor] = []
@@ -207,12 +207,8 @@ class SelfAttentionUnet(nn.Module):
         self.to_image = nn.Sequential(nn.Conv2d(widths[0], channels, 1), nn.Tanh())
 
     def forward(self, image: Tensor) -> Tensor:
-        skips: list[Tensor] = []
-        x = image
-        for convs, attention in zip(self.encoder, self.attention, strict=True):
-            x = attention(convs(x))  # (B, w_l, s, s)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)  # (B, w_l, s, s) -> (B, w_l, s/2, s/2)
+        skips = self.encoder_maps(image)  # each level's attended map, (B, w_l, s, s)
+        x = F.max_pool2d(skips[-1], 2)  # (B, w_l, s, s) -> (B, w_l, s/2, s/2)
         x = self.bottleneck(x)
         levels = range(len(skips), 0, -1)
         for convs, skip, level in zip(self.decoder, reversed(skips), levels, strict=True):
@@ -222,9 +218,9 @@ class SelfAttentionUnet(nn.Module):
             x = convs(x)  # -> (B, w_l, s, s)
         return self.to_image(x)  # (B, w_1, S, S) -> (B, channels, S, S)
 
-    def encoder_maps(self, image: Tensor, smallest: int = 1) -> list[Tensor]:
+    def encoder_maps(self, image: Tensor, smallest: int = 0) -> list[Tensor]:
         """The encoder levels' attended maps (before their max-pool), from side S down,
-        stopping after the first of side ``smallest`` or less."""
+        stopping after the first of side ``smallest`` or less (0: every level)."""
         maps: list[Tensor] = []
         x = image
         for convs, attention in zip(self.encoder, self.attention, strict=True):
