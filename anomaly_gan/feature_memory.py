@@ -70,6 +70,13 @@ def local_features(maps: list[Tensor], side: int) -> Tensor:
     return F.avg_pool2d(joined, 3, 1, 1)
 
 
+def encoder_features(generator: nn.Module, image: Tensor) -> Tensor:
+    """The memory's local features (B, C, S/4, S/4) of square images (B, C, S, S) through
+    ``generator.encoder_maps`` (:func:`local_features`)."""
+    side = image.shape[-1]
+    return local_features(generator.encoder_maps(image, side // max(FEATURE_STRIDES)), side)
+
+
 class FeatureMemory(nn.Module):
     """The per-position bank of training normals' features and the sum's calibration.
 
@@ -206,3 +213,43 @@ class FeatureMemory(nn.Module):
                 "model's alone"
             )
         return summary
+
+
+class UntrainedMemory:
+    """The feature memory's no-learning reference: the same memory, built and matched the
+    same way, on the generator's encoder at its initialisation.
+
+    The memory sums a detector into the score that a random network gives too (random
+    convolutional features already separate textures), so whatever the memory adds is the
+    GAN's own only where the trained encoder's memory beats this one. The no-learning
+    reference (:func:`~anomaly_gan.evaluation.reference.reference_metrics`) sums it with
+    its own reconstructions' scores, as the model sums the trained one with its own.
+
+    Args:
+        generator: a freshly initialised generator of the model's architecture (eval mode).
+        max_normals: training images kept in the bank, as the model's memory keeps.
+        device: where the encoder runs; features and scores come back on the CPU.
+    """
+
+    def __init__(self, generator: nn.Module, max_normals: int, device: torch.device) -> None:
+        self.generator = generator.to(device).eval()
+        self.device = device
+        self.memory = FeatureMemory(max_normals)
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        """The untrained encoder's local features of ``images`` (N, C, S, S), on the CPU."""
+        return torch.cat(
+            [
+                encoder_features(self.generator, chunk.to(self.device)).cpu()
+                for chunk in images.split(QUERY_CHUNK)
+            ]
+        )
+
+    def fit(self, train: Tensor) -> None:
+        """Build the bank from the training normals (the seeded subset the model keeps)."""
+        self.memory.fit(self.features(self.memory.kept(train)))
+
+    def raw_scores(self, images: Tensor) -> Tensor:
+        """Largest in-place nearest-neighbour distance per image (N,)."""
+        return self.memory.raw_scores(self.features(images))

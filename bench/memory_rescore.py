@@ -40,7 +40,7 @@ from torch import Tensor, nn  # noqa: E402
 from torchmetrics.functional.classification import binary_auroc  # noqa: E402
 
 from anomaly_gan.evaluation.image_scores import read_image_scores  # noqa: E402
-from anomaly_gan.evaluation.reference import stack_loader  # noqa: E402
+from anomaly_gan.evaluation.reference import reference_metrics, stack_loader  # noqa: E402
 from anomaly_gan.models.checkpoint import load_model  # noqa: E402
 
 
@@ -113,6 +113,15 @@ def rescore(
     trainer.validate(model, datamodule=datamodule, verbose=False)
     model.eval()
     summed = scores_of(model, images)
+    # The honest reference of a run that sums a memory in: every no-learning detector,
+    # also summed with the same memory on an untrained encoder (what results.json holds).
+    block = reference_metrics(
+        datamodule,
+        model.scorer.to_config(),
+        float(model.hparams.get("threshold_quantile", 0.95)),
+        companion=model.fitted_companion is not None,
+        memory=model.untrained_memory(),
+    )[category]
     return {
         "category": category,
         "seed": seed,
@@ -122,6 +131,13 @@ def rescore(
         "own_auroc": round(own_auroc, 4),
         "memory_auroc": round(binary_auroc(summed, labels.int()).item(), 4),
         "reference_auroc": round(reference, 4) if reference is not None else None,
+        "memory_reference_auroc": round(block["auroc"], 4),
+        "memory_reference_best": block["best"],
+        "untrained_memory_aurocs": {
+            name: round(value["auroc"], 4)
+            for name, value in block.items()
+            if name.endswith("+memory") and value.get("auroc") is not None
+        },
         "normals_in_bank": int(model.memory.bank.shape[1]),
         "memory_normals": memory_normals,
         "seconds": round(time.perf_counter() - started, 1),
@@ -137,7 +153,8 @@ def summarize(path: Path) -> None:
         sets = sorted({row["category"] for row in mine})
         means = {
             key: {s: statistics.mean(r[key] for r in mine if r["category"] == s) for s in sets}
-            for key in ("own_auroc", "memory_auroc", "reference_auroc")
+            for key in ("own_auroc", "memory_auroc", "reference_auroc", "memory_reference_auroc")
+            if all(key in r for r in mine)
         }
         print(f"\n{model} (runs: {len(mine)})\n")
         print("| | " + " | ".join(sets) + " |")
@@ -152,6 +169,18 @@ def summarize(path: Path) -> None:
         print("| gain | " + " | ".join(f"{gains[s]:+.3f}" for s in sets) + " |")
         lifts = {s: means["memory_auroc"][s] - means["reference_auroc"][s] for s in sets}
         print("| lift with the memory | " + " | ".join(f"{lifts[s]:+.3f}" for s in sets) + " |")
+        if "memory_reference_auroc" in means:
+            honest = means["memory_reference_auroc"]
+            print(
+                "| better reference, also summed with an untrained memory | "
+                + " | ".join(f"{honest[s]:.3f}" for s in sets)
+                + " |"
+            )
+            print(
+                "| lift over it | "
+                + " | ".join(f"{means['memory_auroc'][s] - honest[s]:+.3f}" for s in sets)
+                + " |"
+            )
         held = []
         for s in sets:
             others = statistics.mean(gains[o] for o in sets if o != s)

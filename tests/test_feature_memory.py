@@ -8,9 +8,18 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from torchmetrics.functional.classification import binary_auroc
 
 from anomaly_gan.data import SyntheticDataModule
-from anomaly_gan.evaluation.reference import normal_images
+from anomaly_gan.evaluation.reference import (
+    _calibrated,
+    _error_maps,
+    fit_pca,
+    normal_images,
+    reference_metrics,
+    stack_loader,
+    standardise_by,
+)
 from anomaly_gan.feature_memory import FeatureMemory, local_features
 from anomaly_gan.models import Anogan, Ganomaly, SkipGanomaly
 from anomaly_gan.models.checkpoint import load_model
@@ -82,6 +91,55 @@ def test_memory_holds_the_trained_encoders_features_of_training_normals_and_trav
     # The bank and the nearest-neighbour search are part of the exported graph.
     onnx_path = export_onnx(loaded, tmp_path / "memory.onnx")
     assert max(verify_onnx(loaded, onnx_path, batch_sizes=(3,)).values()) <= 1e-4
+
+
+def test_the_reference_sums_the_same_memory_on_an_untrained_encoder(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    datamodule = _datamodule(cache_dir)
+    model = Ganomaly(image_size=32, channels=3, companion="pca", memory="encoder")
+    assert model.untrained_memory() is None  # no memory is summed in before a validation
+    _trainer(tmp_path).fit(model, datamodule=datamodule)
+
+    state = torch.random.get_rng_state()
+    untrained = model.untrained_memory(seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the run's randomness untouched
+    torch.manual_seed(5)
+    initial = Ganomaly(**model.hparams).generator.state_dict()
+    for name, tensor in untrained.generator.state_dict().items():
+        assert torch.equal(tensor, initial[name]), name  # the architecture at its init
+    trained = model.generator.state_dict()["encoder_in.features.0.weight"]
+    assert not torch.equal(
+        untrained.generator.state_dict()["encoder_in.features.0.weight"], trained
+    )
+
+    datamodule.setup("test")
+    block = reference_metrics(
+        datamodule,
+        model.scorer.to_config(),
+        companion=True,
+        memory=model.untrained_memory(seed=5),
+    )["textile"]
+    detectors = ("mean", "pca", "mean+pca", "mean+memory", "pca+memory", "mean+pca+memory")
+    assert block["auroc"] == max(block[name]["auroc"] for name in detectors)
+    assert "memory" in block and "untrained encoder" in block["memory"]
+
+    # pca+memory is the PCA reference's score and the untrained memory's, each standardised
+    # by the validation normals, with the bank built from the training normals only.
+    train, validation = normal_images(datamodule)
+    untrained.fit(train)
+    assert untrained.memory.bank.shape[1] == train.shape[0]
+    test, labels, _ = stack_loader(datamodule.test_dataloader()[0])
+    memory_part = standardise_by(untrained.raw_scores(test), untrained.raw_scores(validation))
+    pca = fit_pca(train)
+    scorer, pca_held_out = _calibrated(model.scorer.to_config(), pca, validation, 0.95)
+    pca_part = standardise_by(scorer.score_error_maps(_error_maps(scorer, pca, test)), pca_held_out)
+    summed_auroc = binary_auroc(pca_part + memory_part, labels.int()).item()
+    assert block["pca+memory"]["auroc"] == pytest.approx(summed_auroc, abs=1e-6)
+    best: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    without = reference_metrics(datamodule, model.scorer.to_config(), best_scores=best)
+    assert "pca+memory" not in without["textile"]  # only where the model sums a memory in
+    assert without["textile"]["pca"]["auroc"] == block["pca"]["auroc"]
 
 
 def test_the_memory_does_not_change_what_the_model_learns(tmp_path: Path, cache_dir: Path) -> None:

@@ -56,11 +56,14 @@ def test_train_writes_valid_results_json(tmp_path: Path, cache_dir: Path) -> Non
 
     # The no-learning reference sits beside the model's metrics, with the lift over it.
     reference = metrics["reference"]
-    # GANomaly sums its score with the PCA's by default (model.companion=pca), so the
-    # reference is the best no-learning detector of either recipe, the sum included.
-    assert results["config"]["companion"] == "pca"
-    assert reference["best"] in ("mean", "pca", "mean+pca") and reference["pca"]["k"] >= 1
-    detectors = ("mean", "pca", "mean+pca")
+    # GANomaly sums its score with the PCA's (model.companion=pca) and with its encoder's
+    # feature memory (model.memory=encoder) by default, so the reference is the best
+    # no-learning detector of every recipe: the sums with the PCA and with an untrained
+    # encoder's memory included.
+    assert results["config"]["companion"] == "pca" and results["config"]["memory"] == "encoder"
+    plain = ("mean", "pca", "mean+pca")
+    detectors = (*plain, *(f"{name}+memory" for name in plain))
+    assert reference["best"] in detectors and reference["pca"]["k"] >= 1
     assert reference["auroc"] == max(reference[name]["auroc"] for name in detectors)
     assert math.isclose(reference["lift"], metrics["auroc"] - reference["auroc"], abs_tol=1e-9)
     # Both come with how far another draw of test images could move them.

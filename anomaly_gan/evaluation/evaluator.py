@@ -15,7 +15,7 @@ import logging
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -27,6 +27,9 @@ from anomaly_gan.evaluation.collected_outputs import CollectedOutputs
 from anomaly_gan.evaluation.image_scores import ImageScores, scores_file, write_image_scores
 from anomaly_gan.evaluation.intervals import auroc_interval
 from anomaly_gan.evaluation.reference import lift, reference_metrics
+
+if TYPE_CHECKING:
+    from anomaly_gan.feature_memory import UntrainedMemory
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +172,7 @@ class TestEvaluator(Callback):
                 float(pl_module.hparams.get("threshold_quantile", 0.95)),
                 companion=getattr(pl_module, "fitted_companion", None) is not None,
                 best_scores=best_scores,
+                memory=untrained_memory(pl_module),
             )
         except Exception as error:  # the model's results must survive a failed reference
             log.warning(
@@ -194,6 +198,12 @@ class TestEvaluator(Callback):
             if block["lift"] is not None:  # the printed table warns below MIN_LIFT
                 pl_module.log(f"test/{name}/reference_auroc", float(block["auroc"]))
                 pl_module.log(f"test/{name}/lift", float(block["lift"]))
+
+
+def untrained_memory(pl_module: L.LightningModule) -> UntrainedMemory | None:
+    """The feature memory's no-learning reference where the model sums a memory in."""
+    make = getattr(pl_module, "untrained_memory", None)
+    return make() if callable(make) else None
 
 
 def _lift_interval(model: tuple[Tensor, Tensor], reference_scores: Tensor) -> list[float] | None:

@@ -15,14 +15,17 @@ is left out), at the model's resolution, normalisation and image pre-processing,
 images come from the same data module. With ``data.resize=tile`` the PCA works on tiles as
 the model does: it is fitted on tiles of the training frames and reconstructs every tile of
 a frame, stitched like the model's (:mod:`anomaly_gan.tiling`); the mean image is the mean
-whole frame. ``lift = model AUROC - better reference AUROC``
-says at once whether the GAN learnt something the recipe alone does not give.
+whole frame. Where the model sums a PCA companion or a feature memory into its score, the
+block also holds the same sums with no-learning parts in the model's place (the mean image
+for the generator, an untrained encoder for the trained one), and the better reference is
+the best of them all. ``lift = model AUROC - better reference AUROC`` says at once whether
+the GAN learnt something the recipe alone does not give.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -33,6 +36,9 @@ from anomaly_gan.evaluation.metrics import image_metrics
 from anomaly_gan.nets.pca import PcaReconstruction
 from anomaly_gan.scoring import AnomalyScore, threshold_from_normals
 from anomaly_gan.tiling import TileLayout, split_tiles, stitch_tiles
+
+if TYPE_CHECKING:
+    from anomaly_gan.feature_memory import UntrainedMemory
 
 #: Candidate PCA sizes; those >= the number of training normals are dropped.
 PCA_COMPONENTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -196,6 +202,7 @@ def reference_metrics(
     threshold_quantile: float = 0.95,
     companion: bool = False,
     best_scores: dict[str, tuple[Tensor, Tensor]] | None = None,
+    memory: UntrainedMemory | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Image metrics of the mean and PCA references on every test set of ``datamodule``, and
     their pixel AUROC / AUPRO (on the map the model shows) where the test set has masks.
@@ -206,6 +213,10 @@ def reference_metrics(
     block then also holds ``mean+pca``, the same sum with the mean image in the generator's
     place (with the PCA there the sum ranks as the PCA alone), and the better reference is
     the best of the three, so the lift is over every no-learning detector of either recipe.
+    ``memory``: the model sums its feature memory in (``model.memory=encoder``); this is
+    the same memory on an untrained encoder (:class:`~anomaly_gan.feature_memory.
+    UntrainedMemory`), and every reference above also enters the block summed with it
+    (``pca+memory`` ...), each part standardised by the validation normals as the model's.
     ``best_scores``: filled with each test set's (labels, better reference's scores), in
     the test loader's order, for an interval of the lift (:mod:`.intervals`).
     """
@@ -222,6 +233,10 @@ def reference_metrics(
         scorers[name], held_out[name] = _calibrated(
             scorer_config, reconstruct, validation, threshold_quantile
         )
+    if memory is not None:
+        memory.fit(train)
+        memory_normals = memory.raw_scores(validation)  # the model standardises by all of them
+        memory_held_out = memory_normals[scorers["pca"].held_out(memory_normals.shape[0])]
     results: dict[str, dict[str, Any]] = {}
     for name, loader in zip(
         datamodule.test_category_names, datamodule.test_dataloader(), strict=True
@@ -262,13 +277,33 @@ def reference_metrics(
             threshold = threshold_from_normals(normals, threshold_quantile)
             metrics = image_metrics(summed, labels, threshold)
             block["mean+pca"] = {key: metrics.get(key) for key in IMAGE_KEYS}
-            scores["mean+pca"] = summed
+            scores["mean+pca"], held_out["mean+pca"] = summed, normals
             block["companion"] = (
                 "model.companion: the model's score is summed with the PCA's (auto: where "
                 "the validation chose it); mean+pca is the same sum with the mean image in "
                 "the generator's place"
             )
             candidates.append("mean+pca")
+        if memory is not None:
+            memory_test = memory.raw_scores(test)
+            for base in list(candidates):
+                summed = standardise_by(scores[base], held_out[base]) + standardise_by(
+                    memory_test, memory_normals
+                )
+                normals = standardise_by(held_out[base], held_out[base]) + standardise_by(
+                    memory_held_out, memory_normals
+                )
+                metrics = image_metrics(
+                    summed, labels, threshold_from_normals(normals, threshold_quantile)
+                )
+                block[f"{base}+memory"] = {key: metrics.get(key) for key in IMAGE_KEYS}
+                scores[f"{base}+memory"] = summed
+                candidates.append(f"{base}+memory")
+            block["memory"] = (
+                "model.memory: the model's score is summed with its encoder's feature memory; "
+                "X+memory is reference X summed with the same memory on an untrained encoder "
+                f"({memory.memory.bank.shape[1]} training normals in its bank)"
+            )
         block["pca"].update(k=pca.k, k_chosen_by=K_CHOSEN_BY)
         aurocs = {n: block[n]["auroc"] for n in candidates if block[n]["auroc"] is not None}
         best = max(aurocs, key=aurocs.__getitem__) if aurocs else None

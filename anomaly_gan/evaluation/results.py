@@ -142,7 +142,7 @@ def format_results_table(results: dict[str, Any]) -> str:
         if reference.get("lift") is not None and reference["lift"] < MIN_LIFT:
             warnings.append(
                 f"{category}: lift {reference['lift']:+.3f} over the no-learning reference "
-                f"({reference.get('best')} reconstruction, AUROC {reference['auroc']:.3f}) is "
+                f"(its best detector: {reference.get('best')}, AUROC {reference['auroc']:.3f}) is "
                 f"below +{MIN_LIFT}: the GAN adds little here"
                 + (
                     f" (95 % interval over the test images {interval})"

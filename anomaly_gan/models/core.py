@@ -43,10 +43,10 @@ from torch import Tensor, nn
 from anomaly_gan.corruption import VALIDATION_KINDS, SyntheticDefects
 from anomaly_gan.evaluation.reference import lists_normal_images, training_normals
 from anomaly_gan.feature_memory import (
-    FEATURE_STRIDES,
     FeatureMemory,
+    UntrainedMemory,
     check_memory,
-    local_features,
+    encoder_features,
 )
 from anomaly_gan.losses import GeneratorLoss, discriminator_loss, distance
 from anomaly_gan.models.step_checks import (
@@ -351,9 +351,18 @@ class GanAnomalyModule(L.LightningModule):
     def memory_features(self, image: Tensor) -> Tensor:
         """The feature memory's local features (B, C, S/4, S/4) of square images of the
         model's size (:func:`~anomaly_gan.feature_memory.local_features`)."""
-        side = image.shape[-1]
-        smallest = side // max(FEATURE_STRIDES)
-        return local_features(self.generator.encoder_maps(image, smallest), side)
+        return encoder_features(self.generator, image)
+
+    def untrained_memory(self, seed: int = 0) -> UntrainedMemory | None:
+        """The feature memory's no-learning reference (:class:`UntrainedMemory`): a new
+        model of these hyper-parameters, initialised under ``seed`` (the global random state
+        is left as it was), lends its generator; None where no memory is summed in."""
+        if self.memory is None or not self.memory.calibrated:
+            return None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = type(self)(**self.hparams)
+        return UntrainedMemory(fresh.generator, self.memory.max_normals, self.device)
 
     @torch.no_grad()
     def _refit_memory(self) -> None:
