@@ -108,7 +108,15 @@ def test_report_builds_both_tables_with_right_cells(
     assert (tmp_path / "auroc_table.md").read_text().startswith("| category |")
 
     lift = _table(tmp_path / "lift_table.csv")
-    assert lift[0] == ["test set", "model", "auroc", "mean reference", "pca reference", "lift"]
+    assert lift[0] == [
+        "test set",
+        "model",
+        "auroc",
+        "mean reference",
+        "pca reference",
+        "best reference",
+        "lift",
+    ]
     cells = {(row[0], row[1]): row[2:] for row in lift[1:]}
     reference = metrics["reference"]
     assert cells[("fabric", "skip_ganomaly")] == [
@@ -117,10 +125,11 @@ def test_report_builds_both_tables_with_right_cells(
             metrics["auroc"],
             reference["mean"]["auroc"],
             reference["pca"]["auroc"],
+            reference["auroc"],
             reference["lift"],
         )
     ]
-    assert cells[("broken", "ganomaly")] == ["failed"] * 4
+    assert cells[("broken", "ganomaly")] == ["failed"] * 5
 
     for figure in ("auroc_per_category.png", "confusion_matrices.png"):
         assert (tmp_path / figure).stat().st_size > 5_000, figure

@@ -223,13 +223,16 @@ LIFT_COLUMNS = {
     "auroc": "auroc",
     "reference.mean.auroc": "mean reference",
     "reference.pca.auroc": "pca reference",
+    "reference.auroc": "best reference",
     "reference.lift": "lift",
 }
 
 
 def lift_table(runs: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
-    """Test set x model -> image AUROC, both no-learning references, and the lift over the
-    better one (``results.json``'s ``reference`` block; runs without it show blanks)."""
+    """Test set x model -> image AUROC, both no-learning references, the best no-learning
+    detector of the run's block (where the model sums the PCA or a feature memory in, the
+    same sums with no-learning parts count too), and the lift over it (``results.json``'s
+    ``reference`` block; runs without it show blanks)."""
     models, test_sets = _ordered(runs)
     by_metric = {m: _cells(runs, m) for m in LIFT_COLUMNS}
     rows = []
