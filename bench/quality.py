@@ -192,7 +192,7 @@ def _reference_cell(done: list[dict[str, Any]]) -> str:
     best = sorted({r["reference_best"] for r in done if r.get("reference_best")})
     return (
         f"{mean:.3f} / {pca:.3f} (k={','.join(map(str, ks))}) / "
-        f"{_mean(_present(done, 'reference_auroc')):.3f} {'+'.join(best)}"
+        f"{_mean(_present(done, 'reference_auroc')):.3f} {', '.join(best)}"
     )
 
 
@@ -289,7 +289,11 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:
         "Reference: the model's scorer on the mean training image / a PCA reconstruction "
         "(k: the largest candidate below the number of training normals); lift = image "
         "AUROC - better "
-        f"reference. Goal: lift ≥ {GOAL_LIFT:+.2f}, or ≥ (1 - reference) / 2 where the "
+        "reference, the best no-learning detector of the run's reference block (where a "
+        "model sums the PCA or its encoder's feature memory in: also mean+pca and each of "
+        "them summed with an untrained encoder's memory, X+memory; the seeds' best are "
+        "listed, comma-separated; a +memory sum has no map of its own, so its pixel "
+        "columns show -). Goal: lift ≥ {GOAL_LIFT:+.2f}, or ≥ (1 - reference) / 2 where the "
         f"reference is ≥ {STRONG_REFERENCE:.2f}. Means ± std over completed seeds; the "
         "lift's interval is each seed's 95 % bootstrap interval over the test images.",
     ]
