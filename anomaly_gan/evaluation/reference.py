@@ -268,16 +268,8 @@ def reference_metrics(
             # The sum with the mean image in the generator's place (with the PCA there, the
             # sum ranks as the PCA alone). Both plain references stay candidates too, so the
             # lift is over the best no-learning detector of either recipe.
-            summed = standardise_by(scores["mean"], held_out["mean"]) + standardise_by(
-                scores["pca"], held_out["pca"]
-            )
-            normals = standardise_by(held_out["mean"], held_out["mean"]) + standardise_by(
-                held_out["pca"], held_out["pca"]
-            )
-            threshold = threshold_from_normals(normals, threshold_quantile)
-            metrics = image_metrics(summed, labels, threshold)
-            block["mean+pca"] = {key: metrics.get(key) for key in IMAGE_KEYS}
-            scores["mean+pca"], held_out["mean+pca"] = summed, normals
+            parts = [(scores[n], held_out[n], held_out[n]) for n in ("mean", "pca")]
+            _enter_sum("mean+pca", parts, labels, threshold_quantile, block, scores, held_out)
             block["companion"] = (
                 "model.companion: the model's score is summed with the PCA's (auto: where "
                 "the validation chose it); mean+pca is the same sum with the mean image in "
@@ -287,18 +279,13 @@ def reference_metrics(
         if memory is not None:
             memory_test = memory.raw_scores(test)
             for base in list(candidates):
-                summed = standardise_by(scores[base], held_out[base]) + standardise_by(
-                    memory_test, memory_normals
-                )
-                normals = standardise_by(held_out[base], held_out[base]) + standardise_by(
-                    memory_held_out, memory_normals
-                )
-                metrics = image_metrics(
-                    summed, labels, threshold_from_normals(normals, threshold_quantile)
-                )
-                block[f"{base}+memory"] = {key: metrics.get(key) for key in IMAGE_KEYS}
-                scores[f"{base}+memory"] = summed
-                candidates.append(f"{base}+memory")
+                parts = [
+                    (scores[base], held_out[base], held_out[base]),
+                    (memory_test, memory_held_out, memory_normals),
+                ]
+                with_memory = f"{base}+memory"
+                _enter_sum(with_memory, parts, labels, threshold_quantile, block, scores, held_out)
+                candidates.append(with_memory)
             block["memory"] = (
                 "model.memory: the model's score is summed with its encoder's feature memory; "
                 "X+memory is reference X summed with the same memory on an untrained encoder "
@@ -312,6 +299,27 @@ def reference_metrics(
         if best_scores is not None and best is not None:
             best_scores[name] = (labels, scores[best])
     return results
+
+
+def _enter_sum(
+    name: str,
+    parts: list[tuple[Tensor, Tensor, Tensor]],
+    labels: Tensor,
+    threshold_quantile: float,
+    block: dict[str, Any],
+    scores: dict[str, Tensor],
+    held_out: dict[str, Tensor],
+) -> None:
+    """Enter the sum of no-learning detectors in ``block`` as ``name``, the way a model sums
+    its companion and memory in: each part, (test scores, held-out validation normals'
+    scores, the validation normals' scores it is standardised by), in units of its normals'
+    spread; the threshold on the held-out normals' sums. ``scores`` and ``held_out`` gain
+    the sum's, so it can itself be a part of a later sum."""
+    summed = sum(standardise_by(test, by) for test, _, by in parts)
+    normals = sum(standardise_by(held, by) for _, held, by in parts)
+    metrics = image_metrics(summed, labels, threshold_from_normals(normals, threshold_quantile))
+    block[name] = {key: metrics.get(key) for key in IMAGE_KEYS}
+    scores[name], held_out[name] = summed, normals
 
 
 def lift(model_auroc: float | None, reference: dict[str, Any]) -> float | None:
