@@ -123,6 +123,14 @@ def test_the_reference_sums_the_same_memory_on_an_untrained_encoder(
     detectors = ("mean", "pca", "mean+pca", "mean+memory", "pca+memory", "mean+pca+memory")
     assert block["auroc"] == max(block[name]["auroc"] for name in detectors)
     assert "memory" in block and "untrained encoder" in block["memory"]
+    # The model shows its own reconstruction's map, neither the companion's nor the
+    # memory's: each sum localises as the detector in the generator's place.
+    shown_as = {"mean+pca": "mean", "mean+memory": "mean", "pca+memory": "pca"}
+    shown_as["mean+pca+memory"] = "mean"
+    for name, shown in shown_as.items():
+        for key in ("pixel_auroc", "aupro"):
+            assert block[name][key] == block[shown][key], (name, key)
+    assert block["mean"]["pixel_auroc"] != block["pca"]["pixel_auroc"]
 
     # pca+memory is the PCA reference's score and the untrained memory's, each standardised
     # by the validation normals, with the bank built from the training normals only.

@@ -53,6 +53,8 @@ K_CHOSEN_BY = (
 CHUNK = 64
 #: Image metrics each reference reports.
 IMAGE_KEYS = ("auroc", "average_precision", "f1", "recall")
+#: Where the test set has masks: how well the map the model shows localises.
+PIXEL_KEYS = ("pixel_auroc", "aupro")
 #: At most this many training tiles fit the tiled PCA (a seeded subset; bounds its N×N Gram).
 MAX_PCA_TILES = 2048
 
@@ -217,6 +219,8 @@ def reference_metrics(
     the same memory on an untrained encoder (:class:`~anomaly_gan.feature_memory.
     UntrainedMemory`), and every reference above also enters the block summed with it
     (``pca+memory`` ...), each part standardised by the validation normals as the model's.
+    A sum's pixel figures are those of the detector in the generator's place (``mean`` for
+    ``mean+pca``, ``X`` for ``X+memory``): the model's map is its reconstruction's alone.
     ``best_scores``: filled with each test set's (labels, better reference's scores), in
     the test loader's order, for an interval of the lift (:mod:`.intervals`).
     """
@@ -259,7 +263,7 @@ def reference_metrics(
             block[ref_name] = {}
             if masks is not None:
                 located = pixel_metrics(torch.cat(shown_maps), masks)
-                block[ref_name].update(pixel_auroc=located["pixel_auroc"], aupro=located["aupro"])
+                block[ref_name].update({key: located[key] for key in PIXEL_KEYS})
         for ref_name in references:
             metrics = image_metrics(scores[ref_name], labels, float(scorers[ref_name].threshold))
             block[ref_name].update({key: metrics.get(key) for key in IMAGE_KEYS})
@@ -269,7 +273,9 @@ def reference_metrics(
             # sum ranks as the PCA alone). Both plain references stay candidates too, so the
             # lift is over the best no-learning detector of either recipe.
             parts = [(scores[n], held_out[n], held_out[n]) for n in ("mean", "pca")]
-            _enter_sum("mean+pca", parts, labels, threshold_quantile, block, scores, held_out)
+            _enter_sum(
+                "mean+pca", "mean", parts, labels, threshold_quantile, block, scores, held_out
+            )
             block["companion"] = (
                 "model.companion: the model's score is summed with the PCA's (auto: where "
                 "the validation chose it); mean+pca is the same sum with the mean image in "
@@ -284,7 +290,9 @@ def reference_metrics(
                     (memory_test, memory_held_out, memory_normals),
                 ]
                 with_memory = f"{base}+memory"
-                _enter_sum(with_memory, parts, labels, threshold_quantile, block, scores, held_out)
+                _enter_sum(
+                    with_memory, base, parts, labels, threshold_quantile, block, scores, held_out
+                )
                 candidates.append(with_memory)
             block["memory"] = (
                 "model.memory: the model's score is summed with its encoder's feature memory; "
@@ -301,6 +309,14 @@ def reference_metrics(
     return results
 
 
+def shown_map_of(detector: str) -> str:
+    """The reference whose map ``detector`` of the block shows: the one in the generator's
+    place. The model shows its own reconstruction's map, never the PCA companion's or the
+    memory's, so ``mean+pca`` shows the mean image's and ``X+memory`` shows X's."""
+    base = detector.removesuffix("+memory")
+    return "mean" if base == "mean+pca" else base
+
+
 def _enter_sum(
     name: str,
     parts: list[tuple[Tensor, Tensor, Tensor]],
@@ -314,11 +330,14 @@ def _enter_sum(
     its companion and memory in: each part, (test scores, held-out validation normals'
     scores, the validation normals' scores it is standardised by), in units of its normals'
     spread; the threshold on the held-out normals' sums. ``scores`` and ``held_out`` gain
-    the sum's, so it can itself be a part of a later sum."""
+    the sum's, so it can itself be a part of a later sum; its pixel figures are those of
+    the map it shows (:func:`shown_map_of`)."""
     summed = sum(standardise_by(test, by) for test, _, by in parts)
     normals = sum(standardise_by(held, by) for _, held, by in parts)
     metrics = image_metrics(summed, labels, threshold_from_normals(normals, threshold_quantile))
     block[name] = {key: metrics.get(key) for key in IMAGE_KEYS}
+    located = block[shown_map_of(name)]
+    block[name].update({key: located[key] for key in PIXEL_KEYS if key in located})
     scores[name], held_out[name] = summed, normals
 
 
