@@ -273,9 +273,7 @@ def reference_metrics(
             # sum ranks as the PCA alone). Both plain references stay candidates too, so the
             # lift is over the best no-learning detector of either recipe.
             parts = [(scores[n], held_out[n], held_out[n]) for n in ("mean", "pca")]
-            _enter_sum(
-                "mean+pca", "mean", parts, labels, threshold_quantile, block, scores, held_out
-            )
+            _enter_sum("mean+pca", parts, labels, threshold_quantile, block, scores, held_out)
             block["companion"] = (
                 "model.companion: the model's score is summed with the PCA's (auto: where "
                 "the validation chose it); mean+pca is the same sum with the mean image in "
@@ -290,9 +288,7 @@ def reference_metrics(
                     (memory_test, memory_held_out, memory_normals),
                 ]
                 with_memory = f"{base}+memory"
-                _enter_sum(
-                    with_memory, base, parts, labels, threshold_quantile, block, scores, held_out
-                )
+                _enter_sum(with_memory, parts, labels, threshold_quantile, block, scores, held_out)
                 candidates.append(with_memory)
             block["memory"] = (
                 "model.memory: the model's score is summed with its encoder's feature memory; "
