@@ -70,6 +70,32 @@ def local_features(maps: list[Tensor], side: int) -> Tensor:
     return F.avg_pool2d(joined, 3, 1, 1)
 
 
+def greedy_coreset(vectors: Tensor, keep: int) -> Tensor:
+    """Indices (P, keep) of ``keep`` of each position's N vectors (P, N, C) chosen by
+    greedy k-centre selection: start from the vector nearest the position's mean, then
+    repeatedly add the vector farthest from those chosen, so the kept ones cover the rest
+    with the smallest largest gap a greedy choice gives (Roth et al., "Towards Total Recall
+    in Industrial Anomaly Detection", CVPR 2022, Sec. 3.3; Sener and Savarese, "Active
+    Learning for Convolutional Neural Networks: A Core-Set Approach", ICLR 2018).
+    Deterministic: the same vectors give the same indices."""
+    positions, count, _ = vectors.shape
+    if not 1 <= keep <= count:
+        raise ValueError(f"a coreset keeps between 1 and {count} vectors, not {keep}")
+    vectors = vectors.float()
+    squared = vectors.pow(2).sum(2)  # (P, N)
+    rows = torch.arange(positions, device=vectors.device)
+    centred = vectors - vectors.mean(1, keepdim=True)
+    chosen = [centred.pow(2).sum(2).argmin(1)]
+    gap = torch.full_like(squared, math.inf)  # squared distance to the nearest kept vector
+    for _ in range(keep - 1):
+        picked = vectors[rows, chosen[-1]]  # (P, C)
+        to_picked = squared - 2 * torch.bmm(vectors, picked.unsqueeze(2)).squeeze(2)
+        gap = torch.minimum(gap, to_picked + picked.pow(2).sum(1, keepdim=True))
+        gap[rows, chosen[-1]] = -1.0  # never chosen twice, even where vectors repeat
+        chosen.append(gap.argmax(1))
+    return torch.stack(chosen, 1)
+
+
 def encoder_features(generator: nn.Module, image: Tensor) -> Tensor:
     """The memory's local features (B, C, S/4, S/4) of square images (B, C, S, S) through
     ``generator.encoder_maps`` (:func:`local_features`)."""
@@ -86,14 +112,26 @@ class FeatureMemory(nn.Module):
             for the 600 magnetic-tile normals and GANomaly's 192 channels). Fewer cost
             detection where the normals vary: 256 of those 600 lost 0.02 AUROC there.
         seed: seeds that subset.
+        coreset: the share of each position's vectors the bank keeps, chosen by greedy
+            k-centre selection (:func:`greedy_coreset`); 1 keeps them all.
     """
 
-    def __init__(self, max_normals: int = 1024, seed: int = 0) -> None:
+    def __init__(self, max_normals: int = 1024, seed: int = 0, coreset: float = 1.0) -> None:
         super().__init__()
         if isinstance(max_normals, bool) or not isinstance(max_normals, int) or max_normals < 1:
             raise ValueError(f"model.memory_normals must be an integer >= 1, got {max_normals!r}")
+        if (
+            isinstance(coreset, bool)
+            or not isinstance(coreset, int | float)
+            or not (0.0 < coreset <= 1.0)
+        ):
+            raise ValueError(
+                f"model.memory_coreset must be a share in (0, 1] of the vectors each position "
+                f"of the bank keeps (1: all of them, 0.1: a tenth), got {coreset!r}"
+            )
         self.max_normals = max_normals
         self.seed = seed
+        self.coreset = float(coreset)
         # (positions, images, channels), centred per position; empty until :meth:`fit`.
         self.register_buffer("bank", torch.zeros(0, 0, 0, dtype=torch.float16))
         # (positions, 1, channels): the training normals' mean feature at each position.
@@ -135,11 +173,20 @@ class FeatureMemory(nn.Module):
         keep = torch.randperm(normals.shape[0], generator=generator)[: self.max_normals]
         return normals[keep.sort().values.to(normals.device)]
 
+    def coreset_size(self, count: int) -> int:
+        """Vectors per position the bank keeps of ``count``."""
+        return count if self.coreset >= 1.0 else max(1, math.ceil(self.coreset * count))
+
     @torch.no_grad()
     def fit(self, features: Tensor) -> None:
         """Remember the training normals' features (N, C, H, W), at most ``max_normals`` of
-        them (:meth:`kept`); the calibration of an earlier bank no longer holds."""
+        them (:meth:`kept`), each position's thinned to its coreset (``coreset``); the
+        calibration of an earlier bank no longer holds."""
         vectors = self.kept(features).float().flatten(2).permute(2, 0, 1)  # (P, N, C)
+        keep = self.coreset_size(vectors.shape[1])
+        if keep < vectors.shape[1]:
+            index = greedy_coreset(vectors, keep)
+            vectors = torch.gather(vectors, 1, index.unsqueeze(2).expand(-1, -1, vectors.shape[2]))
         # Distances do not change under a shift; centred vectors keep the nearest-neighbour
         # search's |a|² + |b|² − 2ab well conditioned in float32 (the matched vectors lie
         # close together, far from the origin), so scores agree across batch sizes and
@@ -199,7 +246,8 @@ class FeatureMemory(nn.Module):
         """What ``results.json`` says about the memory of the tested checkpoint."""
         summary: dict[str, Any] = {
             "mode": "encoder",
-            "normals_in_bank": int(self.bank.shape[1]) if self.fitted else 0,
+            "vectors_per_position": int(self.bank.shape[1]) if self.fitted else 0,
+            "coreset": self.coreset,
             "positions": int(self.bank.shape[0]) if self.fitted else 0,
             "summed": self.calibrated,
         }
@@ -229,12 +277,15 @@ class UntrainedMemory:
         generator: a freshly initialised generator of the model's architecture (eval mode).
         max_normals: training images kept in the bank, as the model's memory keeps.
         device: where the encoder runs; features and scores come back on the CPU.
+        coreset: the share of each position's vectors kept, as the model's memory keeps.
     """
 
-    def __init__(self, generator: nn.Module, max_normals: int, device: torch.device) -> None:
+    def __init__(
+        self, generator: nn.Module, max_normals: int, device: torch.device, coreset: float = 1.0
+    ) -> None:
         self.generator = generator.to(device).eval()
         self.device = device
-        self.memory = FeatureMemory(max_normals)
+        self.memory = FeatureMemory(max_normals, coreset=coreset)
 
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:

@@ -49,10 +49,16 @@ def scores_of(model: nn.Module, images: Tensor) -> Tensor:
         return torch.cat([model(chunk) for chunk in images.split(64)])
 
 
-def with_memory(run_model: nn.Module, memory_normals: int) -> nn.Module:
-    """The run's architecture and loaded weights with ``memory="encoder"``: the memory,
-    absent from the run's state dict, starts empty (its validation builds it)."""
-    hparams = {**run_model.hparams, "memory": "encoder", "memory_normals": memory_normals}
+def with_memory(run_model: nn.Module, memory_normals: int, coreset: float = 1.0) -> nn.Module:
+    """The run's architecture and loaded weights with ``memory="encoder"`` (its bank thinned
+    to ``coreset``): the memory is rebuilt by the validation, whether or not the run's state
+    dict held one."""
+    hparams = {
+        **run_model.hparams,
+        "memory": "encoder",
+        "memory_normals": memory_normals,
+        "memory_coreset": coreset,
+    }
     model = type(run_model)(**hparams)
     model.load_state_dict(run_model.state_dict(), strict=True)
     return model
@@ -73,6 +79,7 @@ def rescore(
     memory_normals: int,
     test_part: str = "selection",
     report_table: Path | None = None,
+    coreset: float = 1.0,
 ) -> dict:
     started = time.perf_counter()
     results = json.loads((run_dir / "results.json").read_text())
@@ -101,7 +108,7 @@ def rescore(
                 f"{row['auroc']:.4f}: not the same checkpoint"
             )
         reference = row["reference_auroc"]
-    model = with_memory(run_model, memory_normals)
+    model = with_memory(run_model, memory_normals, coreset)
     model.read_memory_normals(datamodule)
     trainer = L.Trainer(
         accelerator="cpu",
@@ -112,7 +119,9 @@ def rescore(
     )
     trainer.validate(model, datamodule=datamodule, verbose=False)
     model.eval()
+    scoring = time.perf_counter()
     summed = scores_of(model, images)
+    scoring = time.perf_counter() - scoring
     # The honest reference of a run that sums a memory in: every no-learning detector,
     # also summed with the same memory on an untrained encoder (what results.json holds).
     block = reference_metrics(
@@ -138,8 +147,12 @@ def rescore(
             for name, value in block.items()
             if name.endswith("+memory") and value.get("auroc") is not None
         },
-        "normals_in_bank": int(model.memory.bank.shape[1]),
+        "vectors_per_position": int(model.memory.bank.shape[1]),
         "memory_normals": memory_normals,
+        "memory_coreset": coreset,
+        # What the bank adds to a checkpoint, and the test images' scoring time with it.
+        "bank_megabytes": round(model.memory.bank.numel() * 2 / 1e6, 2),
+        "test_ms_per_image": round(1000 * scoring / len(images), 2),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -198,6 +211,12 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--selection-fraction", type=float, default=0.3)
     parser.add_argument("--memory-normals", type=int, default=1024)
+    parser.add_argument(
+        "--memory-coreset",
+        type=float,
+        default=1.0,
+        help="model.memory_coreset: the share of each position's vectors the bank keeps",
+    )
     parser.add_argument("--test-part", choices=("selection", "report"), default="selection")
     parser.add_argument(
         "--report-table",
@@ -215,6 +234,7 @@ def main() -> None:
             args.memory_normals,
             args.test_part,
             args.report_table,
+            args.memory_coreset,
         )
         emit_row(row, args.out)
 

@@ -20,7 +20,12 @@ from anomaly_gan.evaluation.reference import (
     stack_loader,
     standardise_by,
 )
-from anomaly_gan.feature_memory import FeatureMemory, local_features
+from anomaly_gan.feature_memory import (
+    FeatureMemory,
+    UntrainedMemory,
+    greedy_coreset,
+    local_features,
+)
 from anomaly_gan.models import Anogan, Ganomaly, SkipGanomaly
 from anomaly_gan.models.checkpoint import load_model
 from anomaly_gan.nets.autoencoder import ConvAutoencoder
@@ -80,7 +85,7 @@ def test_memory_holds_the_trained_encoders_features_of_training_normals_and_trav
         assert torch.allclose(summed, memory.combine(own, memory_scores))
         assert not torch.allclose(summed, own)
     summary = memory.summary()
-    assert summary["summed"] is True and summary["normals_in_bank"] == 32
+    assert summary["summed"] is True and summary["vectors_per_position"] == 32
 
     checkpoint = tmp_path / "memory.ckpt"
     trainer.save_checkpoint(checkpoint)
@@ -186,6 +191,50 @@ def test_matching_is_in_place_and_the_bank_is_a_seeded_capped_subset() -> None:
     assert torch.equal(fresh.bank, capped.bank) and not fresh.calibrated
     with pytest.raises(ValueError, match=r"model\.image_size"):
         capped.raw_scores(torch.randn(2, 4, 5, 5))
+
+
+def test_the_coreset_keeps_a_share_of_each_positions_vectors_that_covers_the_rest() -> None:
+    # Five tight clusters per position, 8 images each: a greedy k-centre coreset of 5 keeps
+    # one vector of every cluster, so every training image lies next to the bank; the
+    # first 5 images (one per cluster too) or a random 5 would not cover them all.
+    torch.manual_seed(0)
+    centres = torch.randn(5, 4, 3, 3) * 10
+    features = centres.repeat(8, 1, 1, 1) + 0.01 * torch.randn(40, 4, 3, 3)
+    memory = FeatureMemory(coreset=0.125)
+    memory.fit(features)
+    assert memory.bank.shape == (9, 5, 4) and memory.coreset_size(40) == 5
+    assert memory.raw_scores(features).max() < 0.1
+    # The bank holds the chosen training vectors of each position (float16), nothing else.
+    vectors = features.flatten(2).permute(2, 0, 1)
+    index = greedy_coreset(vectors, 5)
+    assert index.shape == (9, 5) and torch.equal(index, greedy_coreset(vectors, 5))
+    chosen = torch.gather(vectors, 1, index.unsqueeze(2).expand(-1, -1, 4))
+    assert torch.allclose(memory.bank.float() + memory.bank_mean, chosen, atol=0.02)
+    assert all(len(set(row.tolist())) == 5 for row in index)
+    assert {int(i) % 5 for i in index[0]} == set(range(5))  # one per cluster
+    random_five = FeatureMemory(max_normals=5, seed=3)  # a seeded subset of whole images
+    random_five.fit(features)
+    assert random_five.raw_scores(features).max() > 1.0
+
+    # Repeated vectors are never chosen twice; a share of 1 keeps the bank as it was.
+    repeated = torch.ones(6, 2, 1, 1)
+    assert sorted(greedy_coreset(repeated.flatten(2).permute(2, 0, 1), 6)[0].tolist()) == list(
+        range(6)
+    )
+    whole, plain = FeatureMemory(coreset=1.0), FeatureMemory()
+    whole.fit(features)
+    plain.fit(features)
+    assert torch.equal(whole.bank, plain.bank) and whole.bank.shape == (9, 40, 4)
+    for bad in (0, 0.0, 1.5, True, "half"):
+        with pytest.raises(ValueError, match=r"model\.memory_coreset"):
+            FeatureMemory(coreset=bad)
+
+    # The model passes it on, and its no-learning reference keeps the same share.
+    model = Ganomaly(image_size=32, channels=3, memory="encoder", memory_coreset=0.25)
+    assert model.memory.coreset == 0.25 and model.hparams.memory_coreset == 0.25
+    untrained = UntrainedMemory(model.generator, 32, torch.device("cpu"), model.memory.coreset)
+    untrained.fit(torch.randn(20, 3, 32, 32))
+    assert untrained.memory.bank.shape[:2] == (8 * 8, 5)
 
 
 @pytest.mark.parametrize(

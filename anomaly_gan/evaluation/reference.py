@@ -293,7 +293,7 @@ def reference_metrics(
             block["memory"] = (
                 "model.memory: the model's score is summed with its encoder's feature memory; "
                 "X+memory is reference X summed with the same memory on an untrained encoder "
-                f"({memory.memory.bank.shape[1]} training normals in its bank)"
+                f"({memory.memory.bank.shape[1]} vectors per position in its bank)"
             )
         block["pca"].update(k=pca.k, k_chosen_by=K_CHOSEN_BY)
         aurocs = {n: block[n]["auroc"] for n in candidates if block[n]["auroc"] is not None}

@@ -150,6 +150,8 @@ class GanAnomalyModule(L.LightningModule):
             normals (:mod:`anomaly_gan.feature_memory`); the bank is rebuilt at every
             validation and saved with the weights. ``None``: no memory.
         memory_normals: training images the memory keeps (a seeded subset beyond it).
+        memory_coreset: the share of each position's vectors the memory's bank keeps,
+            chosen by greedy k-centre selection (1: all of them).
         channels_last: keep weights and input batches in channels-last memory format, which
             GPU tensor-core convolutions prefer (cuDNN NHWC kernels), in bf16 above all. Off
             by default everywhere: whether it pays depends on the GPU and on the
@@ -186,6 +188,7 @@ class GanAnomalyModule(L.LightningModule):
         companion: str | None = "pca",
         memory: str | None = None,
         memory_normals: int = 1024,
+        memory_coreset: float = 1.0,
     ) -> None:
         super().__init__()
         check_companion(companion)
@@ -215,7 +218,7 @@ class GanAnomalyModule(L.LightningModule):
             else None
         )
         #: The generator encoder's feature memory summed into the score (``memory``), or None.
-        self.memory = FeatureMemory(memory_normals) if memory else None
+        self.memory = FeatureMemory(memory_normals, coreset=memory_coreset) if memory else None
         #: The training normals the memory's bank is rebuilt from at every validation.
         self._memory_normals: Tensor | None = None
         self.save_hyperparameters(ignore=["loss", "scorer", "corruption"])
@@ -362,7 +365,9 @@ class GanAnomalyModule(L.LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             fresh = type(self)(**self.hparams)
-        return UntrainedMemory(fresh.generator, self.memory.max_normals, self.device)
+        return UntrainedMemory(
+            fresh.generator, self.memory.max_normals, self.device, self.memory.coreset
+        )
 
     @torch.no_grad()
     def _refit_memory(self) -> None:
