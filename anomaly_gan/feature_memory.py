@@ -114,10 +114,24 @@ class FeatureMemory(nn.Module):
         seed: seeds that subset.
         coreset: the share of each position's vectors the bank keeps, chosen by greedy
             k-centre selection (:func:`greedy_coreset`); 1 keeps them all.
+        neighbourhood: a test vector is matched with the bank's vectors at its own position
+            and those up to this many positions away in either direction (0: its own only),
+            which tolerates parts that do not lie exactly where the normals did.
     """
 
-    def __init__(self, max_normals: int = 1024, seed: int = 0, coreset: float = 1.0) -> None:
+    def __init__(
+        self, max_normals: int = 1024, seed: int = 0, coreset: float = 1.0, neighbourhood: int = 0
+    ) -> None:
         super().__init__()
+        if (
+            isinstance(neighbourhood, bool)
+            or not isinstance(neighbourhood, int)
+            or neighbourhood < 0
+        ):
+            raise ValueError(
+                f"model.memory_neighbourhood must be an integer >= 0 (positions around a test "
+                f"vector's own that it is also matched at; 0: its own only), got {neighbourhood!r}"
+            )
         if isinstance(max_normals, bool) or not isinstance(max_normals, int) or max_normals < 1:
             raise ValueError(f"model.memory_normals must be an integer >= 1, got {max_normals!r}")
         if (
@@ -132,6 +146,7 @@ class FeatureMemory(nn.Module):
         self.max_normals = max_normals
         self.seed = seed
         self.coreset = float(coreset)
+        self.neighbourhood = neighbourhood
         # (positions, images, channels), centred per position; empty until :meth:`fit`.
         self.register_buffer("bank", torch.zeros(0, 0, 0, dtype=torch.float16))
         # (positions, 1, channels): the training normals' mean feature at each position.
@@ -215,10 +230,39 @@ class FeatureMemory(nn.Module):
         chunks = (features,) if torch.compiler.is_exporting() else features.split(QUERY_CHUNK)
         scores = []
         for chunk in chunks:
-            queries = chunk.flatten(2).permute(2, 0, 1) - self.bank_mean  # (P, B, C)
-            nearest = torch.cdist(queries, bank).amin(2)  # (P, B)
+            if self.neighbourhood:
+                nearest = self._nearest_around(chunk, bank)
+            else:
+                queries = chunk.flatten(2).permute(2, 0, 1) - self.bank_mean  # (P, B, C)
+                nearest = torch.cdist(queries, bank).amin(2)  # (P, B)
             scores.append(nearest.amax(0))
         return torch.cat(scores)
+
+    def _nearest_around(self, features: Tensor, bank: Tensor) -> Tensor:
+        """(P, B): each test vector's nearest distance to the bank's vectors at its own
+        position and at every position up to ``neighbourhood`` away (rows and columns)."""
+        height, width = features.shape[-2:]
+        queries = features.permute(2, 3, 0, 1)  # (H, W, B, C)
+        bank = bank.view(height, width, *bank.shape[1:])  # (H, W, N, C)
+        means = self.bank_mean.view(height, width, 1, -1)
+        nearest = torch.full(queries.shape[:3], math.inf, device=features.device)
+        reach = self.neighbourhood
+        for dy in range(-reach, reach + 1):
+            for dx in range(-reach, reach + 1):
+                # Test positions whose neighbour (y + dy, x + dx) lies inside the map.
+                at = (
+                    slice(max(0, -dy), height - max(0, dy)),
+                    slice(max(0, -dx), width - max(0, dx)),
+                )
+                of = (
+                    slice(max(0, dy), height - max(0, -dy)),
+                    slice(max(0, dx), width - max(0, -dx)),
+                )
+                part = queries[at] - means[of]  # centred as the neighbour's bank is
+                rows, cols = part.shape[:2]
+                distance = torch.cdist(part.flatten(0, 1), bank[of].flatten(0, 1))
+                nearest[at] = torch.minimum(nearest[at], distance.amin(2).view(rows, cols, -1))
+        return nearest.flatten(0, 1)
 
     @torch.no_grad()
     def calibrate(
@@ -248,6 +292,7 @@ class FeatureMemory(nn.Module):
             "mode": "encoder",
             "vectors_per_position": int(self.bank.shape[1]) if self.fitted else 0,
             "coreset": self.coreset,
+            "neighbourhood": self.neighbourhood,
             "positions": int(self.bank.shape[0]) if self.fitted else 0,
             "summed": self.calibrated,
         }
@@ -277,15 +322,20 @@ class UntrainedMemory:
         generator: a freshly initialised generator of the model's architecture (eval mode).
         max_normals: training images kept in the bank, as the model's memory keeps.
         device: where the encoder runs; features and scores come back on the CPU.
-        coreset: the share of each position's vectors kept, as the model's memory keeps.
+        coreset, neighbourhood: as the model's memory keeps and matches.
     """
 
     def __init__(
-        self, generator: nn.Module, max_normals: int, device: torch.device, coreset: float = 1.0
+        self,
+        generator: nn.Module,
+        max_normals: int,
+        device: torch.device,
+        coreset: float = 1.0,
+        neighbourhood: int = 0,
     ) -> None:
         self.generator = generator.to(device).eval()
         self.device = device
-        self.memory = FeatureMemory(max_normals, coreset=coreset)
+        self.memory = FeatureMemory(max_normals, coreset=coreset, neighbourhood=neighbourhood)
 
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:

@@ -49,7 +49,9 @@ def scores_of(model: nn.Module, images: Tensor) -> Tensor:
         return torch.cat([model(chunk) for chunk in images.split(64)])
 
 
-def with_memory(run_model: nn.Module, memory_normals: int, coreset: float = 1.0) -> nn.Module:
+def with_memory(
+    run_model: nn.Module, memory_normals: int, coreset: float = 1.0, neighbourhood: int = 0
+) -> nn.Module:
     """The run's architecture and loaded weights with ``memory="encoder"`` (its bank thinned
     to ``coreset``): the memory is rebuilt by the validation, whether or not the run's state
     dict held one."""
@@ -58,6 +60,7 @@ def with_memory(run_model: nn.Module, memory_normals: int, coreset: float = 1.0)
         "memory": "encoder",
         "memory_normals": memory_normals,
         "memory_coreset": coreset,
+        "memory_neighbourhood": neighbourhood,
     }
     model = type(run_model)(**hparams)
     model.load_state_dict(run_model.state_dict(), strict=True)
@@ -80,6 +83,7 @@ def rescore(
     test_part: str = "selection",
     report_table: Path | None = None,
     coreset: float = 1.0,
+    neighbourhood: int = 0,
 ) -> dict:
     started = time.perf_counter()
     results = json.loads((run_dir / "results.json").read_text())
@@ -108,7 +112,7 @@ def rescore(
                 f"{row['auroc']:.4f}: not the same checkpoint"
             )
         reference = row["reference_auroc"]
-    model = with_memory(run_model, memory_normals, coreset)
+    model = with_memory(run_model, memory_normals, coreset, neighbourhood)
     model.read_memory_normals(datamodule)
     trainer = L.Trainer(
         accelerator="cpu",
@@ -150,6 +154,7 @@ def rescore(
         "vectors_per_position": int(model.memory.bank.shape[1]),
         "memory_normals": memory_normals,
         "memory_coreset": coreset,
+        "memory_neighbourhood": neighbourhood,
         # What the bank adds to a checkpoint, and the test images' scoring time with it.
         "bank_megabytes": round(model.memory.bank.numel() * 2 / 1e6, 2),
         "test_ms_per_image": round(1000 * scoring / len(images), 2),
@@ -217,6 +222,12 @@ def main() -> None:
         default=1.0,
         help="model.memory_coreset: the share of each position's vectors the bank keeps",
     )
+    parser.add_argument(
+        "--memory-neighbourhood",
+        type=int,
+        default=0,
+        help="model.memory_neighbourhood: positions around a test vector's own it is matched at",
+    )
     parser.add_argument("--test-part", choices=("selection", "report"), default="selection")
     parser.add_argument(
         "--report-table",
@@ -235,6 +246,7 @@ def main() -> None:
             args.test_part,
             args.report_table,
             args.memory_coreset,
+            args.memory_neighbourhood,
         )
         emit_row(row, args.out)
 

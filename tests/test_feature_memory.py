@@ -237,6 +237,35 @@ def test_the_coreset_keeps_a_share_of_each_positions_vectors_that_covers_the_res
     assert untrained.memory.bank.shape[:2] == (8 * 8, 5)
 
 
+def test_a_neighbourhood_matches_each_vector_with_the_bank_around_its_position() -> None:
+    torch.manual_seed(1)
+    features = torch.randn(12, 3, 5, 4)  # a map that is not square
+    queries = torch.randn(4, 3, 5, 4)
+    plain, around = FeatureMemory(), FeatureMemory(neighbourhood=1)
+    plain.fit(features)
+    around.fit(features)
+    assert torch.equal(plain.bank, around.bank)
+    # Brute force: every test position against the bank of every position within one row
+    # and one column of it.
+    stored = (around.bank.float() + around.bank_mean).view(5, 4, 12, 3)
+    expected = torch.zeros(4)
+    for y in range(5):
+        for x in range(4):
+            near = stored[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2].reshape(-1, 3)
+            distance = torch.cdist(queries[:, :, y, x], near).amin(1)
+            expected = torch.maximum(expected, distance)
+    assert torch.allclose(around.raw_scores(queries), expected, atol=1e-3)
+    # An image moved by one column is close to the bank around each position, not in place.
+    moved = features[:1].roll(1, dims=-1)
+    assert around.raw_scores(moved).item() < plain.raw_scores(moved).item()
+    assert around.raw_scores(features).max() < 1e-2  # a training image still matches itself
+    for bad in (-1, 0.5, True):
+        with pytest.raises(ValueError, match=r"model\.memory_neighbourhood"):
+            FeatureMemory(neighbourhood=bad)
+    model = Ganomaly(image_size=32, channels=3, memory="encoder", memory_neighbourhood=2)
+    assert model.memory.neighbourhood == 2 and model.hparams.memory_neighbourhood == 2
+
+
 @pytest.mark.parametrize(
     "generator",
     [

@@ -128,8 +128,12 @@ def _preprocessing(
 
 #: Hyperparameters a checkpoint written before they existed lacks, and what it was trained
 #: with: no feature memory (now GANomaly's, Skip-GANomaly's and the Baseline's default), and
-#: a memory that kept every vector.
-HPARAMS_BEFORE_THEY_EXISTED: dict[str, Any] = {"memory": None, "memory_coreset": 1.0}
+#: a memory that kept every vector and matched in place.
+HPARAMS_BEFORE_THEY_EXISTED: dict[str, Any] = {
+    "memory": None,
+    "memory_coreset": 1.0,
+    "memory_neighbourhood": 0,
+}
 
 
 def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

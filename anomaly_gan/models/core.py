@@ -152,6 +152,8 @@ class GanAnomalyModule(L.LightningModule):
         memory_normals: training images the memory keeps (a seeded subset beyond it).
         memory_coreset: the share of each position's vectors the memory's bank keeps,
             chosen by greedy k-centre selection (1: all of them).
+        memory_neighbourhood: positions around a test vector's own whose bank vectors it is
+            also matched with (0: its own only).
         channels_last: keep weights and input batches in channels-last memory format, which
             GPU tensor-core convolutions prefer (cuDNN NHWC kernels), in bf16 above all. Off
             by default everywhere: whether it pays depends on the GPU and on the
@@ -189,6 +191,7 @@ class GanAnomalyModule(L.LightningModule):
         memory: str | None = None,
         memory_normals: int = 1024,
         memory_coreset: float = 1.0,
+        memory_neighbourhood: int = 0,
     ) -> None:
         super().__init__()
         check_companion(companion)
@@ -218,7 +221,13 @@ class GanAnomalyModule(L.LightningModule):
             else None
         )
         #: The generator encoder's feature memory summed into the score (``memory``), or None.
-        self.memory = FeatureMemory(memory_normals, coreset=memory_coreset) if memory else None
+        self.memory = (
+            FeatureMemory(
+                memory_normals, coreset=memory_coreset, neighbourhood=memory_neighbourhood
+            )
+            if memory
+            else None
+        )
         #: The training normals the memory's bank is rebuilt from at every validation.
         self._memory_normals: Tensor | None = None
         self.save_hyperparameters(ignore=["loss", "scorer", "corruption"])
@@ -366,7 +375,11 @@ class GanAnomalyModule(L.LightningModule):
             torch.manual_seed(seed)
             fresh = type(self)(**self.hparams)
         return UntrainedMemory(
-            fresh.generator, self.memory.max_normals, self.device, self.memory.coreset
+            fresh.generator,
+            self.memory.max_normals,
+            self.device,
+            self.memory.coreset,
+            self.memory.neighbourhood,
         )
 
     @torch.no_grad()
