@@ -70,6 +70,13 @@ def local_features(maps: list[Tensor], side: int) -> Tensor:
     return F.avg_pool2d(joined, 3, 1, 1)
 
 
+def distances(queries: Tensor, bank: Tensor) -> Tensor:
+    """Euclidean distances (P, B, N) of queries (P, B, C) to bank vectors (P, N, C), always
+    through a matrix product: torch's direct kernel, which ``cdist`` picks for at most 25
+    vectors a side (a bank of 20 normals, a coreset), has no ONNX translation."""
+    return torch.cdist(queries, bank, compute_mode="use_mm_for_euclid_dist")
+
+
 def greedy_coreset(vectors: Tensor, keep: int) -> Tensor:
     """Indices (P, keep) of ``keep`` of each position's N vectors (P, N, C) chosen by
     greedy k-centre selection: start from the vector nearest the position's mean, then
@@ -234,7 +241,7 @@ class FeatureMemory(nn.Module):
                 nearest = self._nearest_around(chunk, bank)
             else:
                 queries = chunk.flatten(2).permute(2, 0, 1) - self.bank_mean  # (P, B, C)
-                nearest = torch.cdist(queries, bank).amin(2)  # (P, B)
+                nearest = distances(queries, bank).amin(2)  # (P, B)
             scores.append(nearest.amax(0))
         return torch.cat(scores)
 
@@ -260,7 +267,7 @@ class FeatureMemory(nn.Module):
                 )
                 part = queries[at] - means[of]  # centred as the neighbour's bank is
                 rows, cols = part.shape[:2]
-                distance = torch.cdist(part.flatten(0, 1), bank[of].flatten(0, 1))
+                distance = distances(part.flatten(0, 1), bank[of].flatten(0, 1))
                 nearest[at] = torch.minimum(nearest[at], distance.amin(2).view(rows, cols, -1))
         return nearest.flatten(0, 1)
 

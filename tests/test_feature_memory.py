@@ -52,11 +52,16 @@ def _own_scores(model: Ganomaly, images: torch.Tensor) -> torch.Tensor:
     return model.companion.combine(own, images)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"memory_coreset": 0.5, "memory_neighbourhood": 1}],
+    ids=["every_vector_in_place", "coreset_and_neighbourhood"],
+)
 def test_memory_holds_the_trained_encoders_features_of_training_normals_and_travels(
-    tmp_path: Path, cache_dir: Path
+    tmp_path: Path, cache_dir: Path, options: dict
 ) -> None:
     datamodule = _datamodule(cache_dir)
-    model = Ganomaly(image_size=32, channels=3, companion="pca", memory="encoder")
+    model = Ganomaly(image_size=32, channels=3, companion="pca", memory="encoder", **options)
     trainer = _trainer(tmp_path)
     trainer.fit(model, datamodule=datamodule)
 
@@ -66,15 +71,21 @@ def test_memory_holds_the_trained_encoders_features_of_training_normals_and_trav
     model.eval()
     with torch.no_grad():
         features = model.memory_features(train)
-        # The bank is the final encoder's features of the 32 training normals, per position.
-        assert memory.bank.shape == (8 * 8, 32, features.shape[1])
+        # The bank is the final encoder's features of the 32 training normals, per position
+        # (the coreset's share of them where one is asked for).
+        kept = 16 if options else 32
+        assert memory.bank.shape == (8 * 8, kept, features.shape[1])
         expected = features.flatten(2).permute(2, 0, 1)
+        if options:
+            index = greedy_coreset(expected, kept).unsqueeze(2)
+            expected = torch.gather(expected, 1, index.expand(-1, -1, expected.shape[2]))
         remembered = memory.bank.float() + memory.bank_mean  # kept centred per position
         assert torch.allclose(remembered, expected, atol=2e-3, rtol=1e-2)
-        # A training normal finds itself in place (up to float16 rounding); a validation
-        # normal does not.
-        itself = memory.raw_scores(features).max()
-        assert itself < memory.raw_scores(model.memory_features(validation)).min() / 10
+        if not options:  # every vector kept and matched in place
+            # A training normal finds itself in place (up to float16 rounding); a
+            # validation normal does not.
+            itself = memory.raw_scores(features).max()
+            assert itself < memory.raw_scores(model.memory_features(validation)).min() / 10
 
     datamodule.setup("test")
     images = next(iter(datamodule.test_dataloader()[0]))["image"]
@@ -85,7 +96,7 @@ def test_memory_holds_the_trained_encoders_features_of_training_normals_and_trav
         assert torch.allclose(summed, memory.combine(own, memory_scores))
         assert not torch.allclose(summed, own)
     summary = memory.summary()
-    assert summary["summed"] is True and summary["vectors_per_position"] == 32
+    assert summary["summed"] is True and summary["vectors_per_position"] == kept
 
     checkpoint = tmp_path / "memory.ckpt"
     trainer.save_checkpoint(checkpoint)
