@@ -94,9 +94,12 @@ def greedy_coreset(vectors: Tensor, keep: int) -> Tensor:
     centred = vectors - vectors.mean(1, keepdim=True)
     chosen = [centred.pow(2).sum(2).argmin(1)]
     gap = torch.full_like(squared, math.inf)  # squared distance to the nearest kept vector
+    # (P, C, N): a row vector times this layout is several times faster on a CPU than the
+    # (P, N, C) layout times a column vector.
+    columns = vectors.transpose(1, 2).contiguous()
     for _ in range(keep - 1):
         picked = vectors[rows, chosen[-1]]  # (P, C)
-        to_picked = squared - 2 * torch.bmm(vectors, picked.unsqueeze(2)).squeeze(2)
+        to_picked = squared - 2 * torch.bmm(picked.unsqueeze(1), columns).squeeze(1)
         gap = torch.minimum(gap, to_picked + picked.pow(2).sum(1, keepdim=True))
         gap[rows, chosen[-1]] = -1.0  # never chosen twice, even where vectors repeat
         chosen.append(gap.argmax(1))
