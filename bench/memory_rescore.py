@@ -15,12 +15,15 @@ reports beside them.
     python bench/memory_rescore.py RUN_DIR [RUN_DIR ...] --out bench/results/memory_rescore.jsonl
     python bench/memory_rescore.py RUN_DIR ... --test-part report --out FILE
     python bench/memory_rescore.py --summarize bench/results/memory_rescore.jsonl
+    python bench/memory_rescore.py RUN_DIR ... --memory-coreset 0.25 --out NEW.jsonl
+    python bench/memory_rescore.py --compare BASE.jsonl NEW.jsonl   # a bank setting vs another
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -207,9 +210,68 @@ def summarize(path: Path) -> None:
         print("\nleave one set out (chosen on the other three; held-out gain): " + "; ".join(held))
 
 
+def compare(base_path: Path, new_path: Path) -> None:
+    """A memory setting against the rows of another on the same checkpoints (e.g. a coreset
+    against every vector): per model and set, the mean over seeds of the summed AUROC and of
+    the better reference (each with its own memory), what the bank adds to a checkpoint, and
+    which setting leaving one set out chooses on the other three."""
+
+    def rows_of(path: Path) -> dict[tuple[str, str, int], dict]:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return {(row["model"], row["category"], row["seed"]): row for row in rows}
+
+    base, new = rows_of(base_path), rows_of(new_path)
+    missing = sorted(set(new) - set(base))
+    if missing:
+        raise SystemExit(f"{base_path} has no row of {missing[0]} (model, set, seed)")
+    for key, row in new.items():
+        if abs(row["own_auroc"] - base[key]["own_auroc"]) > 1e-4:
+            raise SystemExit(f"{key}: the two files did not re-score the same checkpoint")
+    sets = sorted({key[1] for key in new})
+    print(
+        f"{new_path.name} against {base_path.name}, mean of seeds: AUROC with the memory "
+        "(better reference; lift over it); bank MB"
+    )
+    print("\n| model | " + " | ".join(sets) + " |\n|---|" + "---|" * len(sets))
+    gains: dict[tuple[str, str], float] = {}
+    for model in sorted({key[0] for key in new}):
+        cells = []
+        for name in sets:
+            keys = [key for key in new if key[:2] == (model, name)]
+            mean = {
+                side: {
+                    field: statistics.mean(rows[key][field] for key in keys)
+                    for field in ("memory_auroc", "memory_reference_auroc")
+                }
+                for side, rows in (("base", base), ("new", new))
+            }
+            gains[model, name] = mean["new"]["memory_auroc"] - mean["base"]["memory_auroc"]
+            megabytes = statistics.mean(new[key].get("bank_megabytes", math.nan) for key in keys)
+            cells.append(
+                f"{mean['base']['memory_auroc']:.3f} → {mean['new']['memory_auroc']:.3f} "
+                f"({mean['base']['memory_reference_auroc']:.3f} → "
+                f"{mean['new']['memory_reference_auroc']:.3f}; "
+                f"{mean['new']['memory_auroc'] - mean['new']['memory_reference_auroc']:+.3f}); "
+                f"{megabytes:.1f} MB"
+            )
+        print(f"| {model} | " + " | ".join(cells) + " |")
+    print("\nleave one set out (chosen on the other three; held-out gain over the base):")
+    for model in sorted({key[0] for key in new}):
+        held = []
+        for name in sets:
+            others = statistics.mean(gains[model, other] for other in sets if other != name)
+            held.append(
+                f"{name}: new ({gains[model, name]:+.3f})" if others > 0 else f"{name}: base"
+            )
+        print(f"  {model}: " + "; ".join(held))
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--summarize"]:
         summarize(Path(sys.argv[2]))
+        return
+    if sys.argv[1:2] == ["--compare"]:
+        compare(Path(sys.argv[2]), Path(sys.argv[3]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path)
