@@ -127,12 +127,28 @@ class FeatureMemory(nn.Module):
         neighbourhood: a test vector is matched with the bank's vectors at its own position
             and those up to this many positions away in either direction (0: its own only),
             which tolerates parts that do not lie exactly where the normals did.
+        weight: the memory's standardised score enters the sum times this (1: as much as
+            the model's own).
     """
 
     def __init__(
-        self, max_normals: int = 1024, seed: int = 0, coreset: float = 1.0, neighbourhood: int = 0
+        self,
+        max_normals: int = 1024,
+        seed: int = 0,
+        coreset: float = 1.0,
+        neighbourhood: int = 0,
+        weight: float = 1.0,
     ) -> None:
         super().__init__()
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, int | float)
+            or not (0.0 < weight < math.inf)
+        ):
+            raise ValueError(
+                f"model.memory_weight must be a number > 0 (the memory's share of the summed "
+                f"score; model.memory=null leaves it out), got {weight!r}"
+            )
         if (
             isinstance(neighbourhood, bool)
             or not isinstance(neighbourhood, int)
@@ -157,6 +173,7 @@ class FeatureMemory(nn.Module):
         self.seed = seed
         self.coreset = float(coreset)
         self.neighbourhood = neighbourhood
+        self.weight = float(weight)
         # (positions, images, channels), centred per position; empty until :meth:`fit`.
         self.register_buffer("bank", torch.zeros(0, 0, 0, dtype=torch.float16))
         # (positions, 1, channels): the training normals' mean feature at each position.
@@ -294,7 +311,8 @@ class FeatureMemory(nn.Module):
     def combine(self, own_scores: Tensor, memory_scores: Tensor) -> Tensor:
         """The summed score (B,) from the model's scores and the memory's raw scores."""
         own = (own_scores.float() - self.own_center) / self.own_scale
-        return own + (memory_scores.float() - self.memory_center) / self.memory_scale
+        memory = (memory_scores.float() - self.memory_center) / self.memory_scale
+        return own + self.weight * memory
 
     def summary(self) -> dict[str, Any]:
         """What ``results.json`` says about the memory of the tested checkpoint."""
@@ -303,6 +321,7 @@ class FeatureMemory(nn.Module):
             "vectors_per_position": int(self.bank.shape[1]) if self.fitted else 0,
             "coreset": self.coreset,
             "neighbourhood": self.neighbourhood,
+            "weight": self.weight,
             "positions": int(self.bank.shape[0]) if self.fitted else 0,
             "summed": self.calibrated,
         }
@@ -332,7 +351,7 @@ class UntrainedMemory:
         generator: a freshly initialised generator of the model's architecture (eval mode).
         max_normals: training images kept in the bank, as the model's memory keeps.
         device: where the encoder runs; features and scores come back on the CPU.
-        coreset, neighbourhood: as the model's memory keeps and matches.
+        coreset, neighbourhood, weight: as the model's memory keeps, matches and weighs.
     """
 
     def __init__(
@@ -342,10 +361,13 @@ class UntrainedMemory:
         device: torch.device,
         coreset: float = 1.0,
         neighbourhood: int = 0,
+        weight: float = 1.0,
     ) -> None:
         self.generator = generator.to(device).eval()
         self.device = device
-        self.memory = FeatureMemory(max_normals, coreset=coreset, neighbourhood=neighbourhood)
+        self.memory = FeatureMemory(
+            max_normals, coreset=coreset, neighbourhood=neighbourhood, weight=weight
+        )
 
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:

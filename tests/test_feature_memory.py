@@ -160,6 +160,15 @@ def test_the_reference_sums_the_same_memory_on_an_untrained_encoder(
     pca_part = standardise_by(scorer.score_error_maps(_error_maps(scorer, pca, test)), pca_held_out)
     summed_auroc = binary_auroc(pca_part + memory_part, labels.int()).item()
     assert block["pca+memory"]["auroc"] == pytest.approx(summed_auroc, abs=1e-6)
+    # With model.memory_weight the reference weighs its untrained memory the same.
+    heavy = model.untrained_memory(seed=5)
+    assert heavy.memory.weight == model.memory.weight == 1.0
+    heavy.memory.weight = 2.0
+    weighed = reference_metrics(datamodule, model.scorer.to_config(), companion=True, memory=heavy)[
+        "textile"
+    ]
+    twice = binary_auroc(pca_part + 2.0 * memory_part, labels.int()).item()
+    assert weighed["pca+memory"]["auroc"] == pytest.approx(twice, abs=1e-6)
     without = reference_metrics(datamodule, model.scorer.to_config())
     assert "pca+memory" not in without["textile"]  # only where the model sums a memory in
     assert without["textile"]["pca"]["auroc"] == block["pca"]["auroc"]
@@ -246,6 +255,21 @@ def test_the_coreset_keeps_a_share_of_each_positions_vectors_that_covers_the_res
     untrained = UntrainedMemory(model.generator, 32, torch.device("cpu"), model.memory.coreset)
     untrained.fit(torch.randn(20, 3, 32, 32))
     assert untrained.memory.bank.shape[:2] == (8 * 8, 5)
+
+
+def test_the_memory_weight_scales_its_standardised_score_in_the_sum() -> None:
+    memory = FeatureMemory(weight=0.5)
+    memory.calibrate(torch.tensor([1.0, 3.0]), torch.tensor([10.0, 30.0]), torch.tensor([10.0]))
+    own, raw = torch.tensor([5.0]), torch.tensor([50.0])
+    own_z = (own - memory.own_center) / memory.own_scale
+    memory_z = (raw - memory.memory_center) / memory.memory_scale
+    assert torch.allclose(memory.combine(own, raw), own_z + 0.5 * memory_z)
+    assert memory.summary()["weight"] == 0.5
+    for bad in (0, -1.0, float("inf"), True):
+        with pytest.raises(ValueError, match=r"model\.memory_weight"):
+            FeatureMemory(weight=bad)
+    model = Ganomaly(image_size=32, channels=3, memory="encoder", memory_weight=0.5)
+    assert model.memory.weight == 0.5 and model.hparams.memory_weight == 0.5
 
 
 def test_a_neighbourhood_matches_each_vector_with_the_bank_around_its_position() -> None:

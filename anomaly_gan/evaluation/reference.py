@@ -287,8 +287,11 @@ def reference_metrics(
                     (scores[base], held_out[base], held_out[base]),
                     (memory_test, memory_held_out, memory_normals),
                 ]
+                weights = (1.0, memory.memory.weight)
                 with_memory = f"{base}+memory"
-                _enter_sum(with_memory, parts, labels, threshold_quantile, block, scores, held_out)
+                _enter_sum(
+                    with_memory, parts, labels, threshold_quantile, block, scores, held_out, weights
+                )
                 candidates.append(with_memory)
             block["memory"] = (
                 "model.memory: the model's score is summed with its encoder's feature memory; "
@@ -321,15 +324,22 @@ def _enter_sum(
     block: dict[str, Any],
     scores: dict[str, Tensor],
     held_out: dict[str, Tensor],
+    weights: tuple[float, ...] | None = None,
 ) -> None:
     """Enter the sum of no-learning detectors in ``block`` as ``name``, the way a model sums
     its companion and memory in: each part, (test scores, held-out validation normals'
     scores, the validation normals' scores it is standardised by), in units of its normals'
     spread; the threshold on the held-out normals' sums. ``scores`` and ``held_out`` gain
     the sum's, so it can itself be a part of a later sum; its pixel figures are those of
-    the map it shows (:func:`shown_map_of`)."""
-    summed = sum(standardise_by(test, by) for test, _, by in parts)
-    normals = sum(standardise_by(held, by) for _, held, by in parts)
+    the map it shows (:func:`shown_map_of`). ``weights``: each part's factor in the sum
+    (the model's ``memory_weight`` for a memory; 1 each by default)."""
+    weights = weights or (1.0,) * len(parts)
+    summed = sum(
+        w * standardise_by(test, by) for w, (test, _, by) in zip(weights, parts, strict=True)
+    )
+    normals = sum(
+        w * standardise_by(held, by) for w, (_, held, by) in zip(weights, parts, strict=True)
+    )
     metrics = image_metrics(summed, labels, threshold_from_normals(normals, threshold_quantile))
     block[name] = {key: metrics.get(key) for key in IMAGE_KEYS}
     located = block[shown_map_of(name)]

@@ -128,11 +128,12 @@ def _preprocessing(
 
 #: Hyperparameters a checkpoint written before they existed lacks, and what it was trained
 #: with: no feature memory (now GANomaly's, Skip-GANomaly's and the Baseline's default), and
-#: a memory that kept every vector and matched in place.
+#: a memory that kept every vector, matched in place and weighed 1.
 HPARAMS_BEFORE_THEY_EXISTED: dict[str, Any] = {
     "memory": None,
     "memory_coreset": 1.0,
     "memory_neighbourhood": 0,
+    "memory_weight": 1.0,
 }
 
 

@@ -154,6 +154,7 @@ class GanAnomalyModule(L.LightningModule):
             chosen by greedy k-centre selection (1: all of them).
         memory_neighbourhood: positions around a test vector's own whose bank vectors it is
             also matched with (0: its own only).
+        memory_weight: the memory's standardised score enters the sum times this.
         channels_last: keep weights and input batches in channels-last memory format, which
             GPU tensor-core convolutions prefer (cuDNN NHWC kernels), in bf16 above all. Off
             by default everywhere: whether it pays depends on the GPU and on the
@@ -192,6 +193,7 @@ class GanAnomalyModule(L.LightningModule):
         memory_normals: int = 1024,
         memory_coreset: float = 1.0,
         memory_neighbourhood: int = 0,
+        memory_weight: float = 1.0,
     ) -> None:
         super().__init__()
         check_companion(companion)
@@ -223,7 +225,10 @@ class GanAnomalyModule(L.LightningModule):
         #: The generator encoder's feature memory summed into the score (``memory``), or None.
         self.memory = (
             FeatureMemory(
-                memory_normals, coreset=memory_coreset, neighbourhood=memory_neighbourhood
+                memory_normals,
+                coreset=memory_coreset,
+                neighbourhood=memory_neighbourhood,
+                weight=memory_weight,
             )
             if memory
             else None
@@ -380,6 +385,7 @@ class GanAnomalyModule(L.LightningModule):
             self.device,
             self.memory.coreset,
             self.memory.neighbourhood,
+            self.memory.weight,
         )
 
     @torch.no_grad()
