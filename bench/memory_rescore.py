@@ -53,7 +53,11 @@ def scores_of(model: nn.Module, images: Tensor) -> Tensor:
 
 
 def with_memory(
-    run_model: nn.Module, memory_normals: int, coreset: float = 1.0, neighbourhood: int = 0
+    run_model: nn.Module,
+    memory_normals: int,
+    coreset: float = 1.0,
+    neighbourhood: int = 0,
+    weight: float = 1.0,
 ) -> nn.Module:
     """The run's architecture and loaded weights with ``memory="encoder"`` (its bank thinned
     to ``coreset``): the memory is rebuilt by the validation, whether or not the run's state
@@ -64,6 +68,7 @@ def with_memory(
         "memory_normals": memory_normals,
         "memory_coreset": coreset,
         "memory_neighbourhood": neighbourhood,
+        "memory_weight": weight,
     }
     model = type(run_model)(**hparams)
     model.load_state_dict(run_model.state_dict(), strict=True)
@@ -87,6 +92,7 @@ def rescore(
     report_table: Path | None = None,
     coreset: float = 1.0,
     neighbourhood: int = 0,
+    weight: float = 1.0,
 ) -> dict:
     started = time.perf_counter()
     results = json.loads((run_dir / "results.json").read_text())
@@ -115,7 +121,7 @@ def rescore(
                 f"{row['auroc']:.4f}: not the same checkpoint"
             )
         reference = row["reference_auroc"]
-    model = with_memory(run_model, memory_normals, coreset, neighbourhood)
+    model = with_memory(run_model, memory_normals, coreset, neighbourhood, weight)
     model.read_memory_normals(datamodule)
     trainer = L.Trainer(
         accelerator="cpu",
@@ -158,6 +164,7 @@ def rescore(
         "memory_normals": memory_normals,
         "memory_coreset": coreset,
         "memory_neighbourhood": neighbourhood,
+        "memory_weight": weight,
         # What the bank adds to a checkpoint, and the test images' scoring time with it.
         "bank_megabytes": round(model.memory.bank.numel() * 2 / 1e6, 2),
         "test_ms_per_image": round(1000 * scoring / len(images), 2),
@@ -290,6 +297,12 @@ def main() -> None:
         default=0,
         help="model.memory_neighbourhood: positions around a test vector's own it is matched at",
     )
+    parser.add_argument(
+        "--memory-weight",
+        type=float,
+        default=1.0,
+        help="model.memory_weight: the memory's factor in the summed score",
+    )
     parser.add_argument("--test-part", choices=("selection", "report"), default="selection")
     parser.add_argument(
         "--report-table",
@@ -309,6 +322,7 @@ def main() -> None:
             args.report_table,
             args.memory_coreset,
             args.memory_neighbourhood,
+            args.memory_weight,
         )
         emit_row(row, args.out)
 
