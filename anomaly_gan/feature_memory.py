@@ -53,15 +53,21 @@ def check_memory(memory: str | None) -> None:
         )
 
 
-def local_features(maps: list[Tensor], side: int) -> Tensor:
-    """(B, C, side/4, side/4): the maps at 1/4 and 1/8 of ``side``, the coarser upsampled,
-    concatenated and averaged over 3 × 3 neighbourhoods."""
-    wanted = {side // stride for stride in FEATURE_STRIDES}
-    chosen = [m for m in maps if m.shape[-1] in wanted]
-    if len(chosen) != len(FEATURE_STRIDES):
+def local_features(
+    maps: list[Tensor], side: int, strides: tuple[int, ...] = FEATURE_STRIDES
+) -> Tensor:
+    """(B, C, side/4, side/4): the maps at 1/4 and 1/8 of ``side`` (or at 1/s for each of
+    ``strides``), the coarser upsampled to the finest, concatenated and averaged over 3 × 3
+    neighbourhoods."""
+    wanted = {side // stride for stride in strides}
+    chosen = sorted(
+        (m for m in maps if m.shape[-1] in wanted), key=lambda m: m.shape[-1], reverse=True
+    )
+    if len(chosen) != len(strides):
         raise ValueError(
             f"the feature memory needs encoder maps of side {sorted(wanted)} for a {side} px "
-            f"input; the encoder gave {[m.shape[-1] for m in maps]}"
+            f"input (model.memory_strides {list(strides)}); the encoder gave "
+            f"{[m.shape[-1] for m in maps]}: choose strides whose sides it gives"
         )
     size = chosen[0].shape[-2:]
     joined = torch.cat(
@@ -106,11 +112,30 @@ def greedy_coreset(vectors: Tensor, keep: int) -> Tensor:
     return torch.stack(chosen, 1)
 
 
-def encoder_features(generator: nn.Module, image: Tensor) -> Tensor:
+def encoder_features(
+    generator: nn.Module, image: Tensor, strides: tuple[int, ...] = FEATURE_STRIDES
+) -> Tensor:
     """The memory's local features (B, C, S/4, S/4) of square images (B, C, S, S) through
     ``generator.encoder_maps`` (:func:`local_features`)."""
     side = image.shape[-1]
-    return local_features(generator.encoder_maps(image, side // max(FEATURE_STRIDES)), side)
+    return local_features(generator.encoder_maps(image, side // max(strides)), side, strides)
+
+
+def check_strides(strides: Any, image_size: int) -> tuple[int, ...]:
+    """``model.memory_strides`` as a tuple, or an actionable error."""
+    values = tuple(strides) if strides is not None else FEATURE_STRIDES
+    if (
+        not values
+        or len(set(values)) != len(values)
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 2 for v in values)
+        or any(image_size % v for v in values)
+    ):
+        raise ValueError(
+            f"model.memory_strides must be distinct integers >= 2 that divide model.image_size "
+            f"({image_size}): the encoder maps at 1/s of the input the memory reads, e.g. "
+            f"[4, 8]; got {strides!r}"
+        )
+    return values
 
 
 class FeatureMemory(nn.Module):
@@ -129,6 +154,7 @@ class FeatureMemory(nn.Module):
             which tolerates parts that do not lie exactly where the normals did.
         weight: the memory's standardised score enters the sum times this (1: as much as
             the model's own).
+        strides: the encoder maps the memory reads, as divisors of the input side.
     """
 
     def __init__(
@@ -138,6 +164,7 @@ class FeatureMemory(nn.Module):
         coreset: float = 1.0,
         neighbourhood: int = 0,
         weight: float = 1.0,
+        strides: tuple[int, ...] = FEATURE_STRIDES,
     ) -> None:
         super().__init__()
         if (
@@ -174,6 +201,7 @@ class FeatureMemory(nn.Module):
         self.coreset = float(coreset)
         self.neighbourhood = neighbourhood
         self.weight = float(weight)
+        self.strides = tuple(strides)
         # (positions, images, channels), centred per position; empty until :meth:`fit`.
         self.register_buffer("bank", torch.zeros(0, 0, 0, dtype=torch.float16))
         # (positions, 1, channels): the training normals' mean feature at each position.
@@ -322,6 +350,7 @@ class FeatureMemory(nn.Module):
             "coreset": self.coreset,
             "neighbourhood": self.neighbourhood,
             "weight": self.weight,
+            "strides": list(self.strides),
             "positions": int(self.bank.shape[0]) if self.fitted else 0,
             "summed": self.calibrated,
         }
@@ -351,7 +380,8 @@ class UntrainedMemory:
         generator: a freshly initialised generator of the model's architecture (eval mode).
         max_normals: training images kept in the bank, as the model's memory keeps.
         device: where the encoder runs; features and scores come back on the CPU.
-        coreset, neighbourhood, weight: as the model's memory keeps, matches and weighs.
+        coreset, neighbourhood, weight, strides: as the model's memory keeps, matches,
+            weighs and reads.
     """
 
     def __init__(
@@ -362,11 +392,16 @@ class UntrainedMemory:
         coreset: float = 1.0,
         neighbourhood: int = 0,
         weight: float = 1.0,
+        strides: tuple[int, ...] = FEATURE_STRIDES,
     ) -> None:
         self.generator = generator.to(device).eval()
         self.device = device
         self.memory = FeatureMemory(
-            max_normals, coreset=coreset, neighbourhood=neighbourhood, weight=weight
+            max_normals,
+            coreset=coreset,
+            neighbourhood=neighbourhood,
+            weight=weight,
+            strides=strides,
         )
 
     @torch.no_grad()
@@ -374,7 +409,7 @@ class UntrainedMemory:
         """The untrained encoder's local features of ``images`` (N, C, S, S), on the CPU."""
         return torch.cat(
             [
-                encoder_features(self.generator, chunk.to(self.device)).cpu()
+                encoder_features(self.generator, chunk.to(self.device), self.memory.strides).cpu()
                 for chunk in images.split(QUERY_CHUNK)
             ]
         )

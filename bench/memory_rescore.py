@@ -58,6 +58,7 @@ def with_memory(
     coreset: float = 1.0,
     neighbourhood: int = 0,
     weight: float = 1.0,
+    strides: list[int] | None = None,
 ) -> nn.Module:
     """The run's architecture and loaded weights with ``memory="encoder"`` (its bank thinned
     to ``coreset``): the memory is rebuilt by the validation, whether or not the run's state
@@ -69,6 +70,7 @@ def with_memory(
         "memory_coreset": coreset,
         "memory_neighbourhood": neighbourhood,
         "memory_weight": weight,
+        "memory_strides": strides,
     }
     model = type(run_model)(**hparams)
     model.load_state_dict(run_model.state_dict(), strict=True)
@@ -93,6 +95,7 @@ def rescore(
     coreset: float = 1.0,
     neighbourhood: int = 0,
     weight: float = 1.0,
+    strides: list[int] | None = None,
 ) -> dict:
     started = time.perf_counter()
     results = json.loads((run_dir / "results.json").read_text())
@@ -121,7 +124,7 @@ def rescore(
                 f"{row['auroc']:.4f}: not the same checkpoint"
             )
         reference = row["reference_auroc"]
-    model = with_memory(run_model, memory_normals, coreset, neighbourhood, weight)
+    model = with_memory(run_model, memory_normals, coreset, neighbourhood, weight, strides)
     model.read_memory_normals(datamodule)
     trainer = L.Trainer(
         accelerator="cpu",
@@ -165,6 +168,7 @@ def rescore(
         "memory_coreset": coreset,
         "memory_neighbourhood": neighbourhood,
         "memory_weight": weight,
+        "memory_strides": list(model.memory.strides),
         # What the bank adds to a checkpoint, and the test images' scoring time with it.
         "bank_megabytes": round(model.memory.bank.numel() * 2 / 1e6, 2),
         "test_ms_per_image": round(1000 * scoring / len(images), 2),
@@ -303,6 +307,13 @@ def main() -> None:
         default=1.0,
         help="model.memory_weight: the memory's factor in the summed score",
     )
+    parser.add_argument(
+        "--memory-strides",
+        type=int,
+        nargs="+",
+        default=None,
+        help="model.memory_strides: the encoder maps the memory reads (default 4 8)",
+    )
     parser.add_argument("--test-part", choices=("selection", "report"), default="selection")
     parser.add_argument(
         "--report-table",
@@ -323,6 +334,7 @@ def main() -> None:
             args.memory_coreset,
             args.memory_neighbourhood,
             args.memory_weight,
+            args.memory_strides,
         )
         emit_row(row, args.out)
 

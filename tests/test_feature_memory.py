@@ -272,6 +272,30 @@ def test_the_memory_weight_scales_its_standardised_score_in_the_sum() -> None:
     assert model.memory.weight == 0.5 and model.hparams.memory_weight == 0.5
 
 
+def test_the_memory_reads_the_encoder_maps_its_strides_name(cache_dir: Path) -> None:
+    model = Ganomaly(image_size=64, channels=3, memory="encoder", memory_strides=[8, 16])
+    assert model.memory.strides == (8, 16) and model.memory.summary()["strides"] == [8, 16]
+    model.eval()
+    with torch.no_grad():
+        deep = model.memory_features(torch.randn(2, 3, 64, 64))
+        maps = model.generator.encoder_maps(torch.randn(1, 3, 64, 64), smallest=4)
+    assert deep.shape[-2:] == (8, 8)  # the finer of the two: 1/8 of 64 px
+    widths = {m.shape[-1]: m.shape[1] for m in maps}
+    assert deep.shape[1] == widths[8] + widths[4]
+    untrained = UntrainedMemory(model.generator, 8, torch.device("cpu"), strides=(8, 16))
+    untrained.fit(torch.randn(6, 3, 64, 64))
+    assert untrained.memory.bank.shape[:2] == (8 * 8, 6)
+    assert Ganomaly(image_size=64, channels=3, memory="encoder").memory.strides == (4, 8)
+    for bad in ([], [4, 4], [3], [1], [True]):
+        with pytest.raises(ValueError, match=r"model\.memory_strides"):
+            Ganomaly(image_size=64, channels=3, memory="encoder", memory_strides=bad)
+    # Strides the encoder has no maps for (1/32 of 64 px: 2 px) are refused when the
+    # training normals are read, before any training.
+    too_deep = Ganomaly(image_size=64, channels=3, memory="encoder", memory_strides=[16, 32])
+    with pytest.raises(ValueError, match=r"model\.memory_strides \[16, 32\]"):
+        too_deep.read_memory_normals(_datamodule(cache_dir, image_size=64))
+
+
 def test_a_neighbourhood_matches_each_vector_with_the_bank_around_its_position() -> None:
     torch.manual_seed(1)
     features = torch.randn(12, 3, 5, 4)  # a map that is not square

@@ -134,6 +134,7 @@ HPARAMS_BEFORE_THEY_EXISTED: dict[str, Any] = {
     "memory_coreset": 1.0,
     "memory_neighbourhood": 0,
     "memory_weight": 1.0,
+    "memory_strides": None,
 }
 
 

@@ -46,6 +46,7 @@ from anomaly_gan.feature_memory import (
     FeatureMemory,
     UntrainedMemory,
     check_memory,
+    check_strides,
     encoder_features,
 )
 from anomaly_gan.losses import GeneratorLoss, discriminator_loss, distance
@@ -155,6 +156,8 @@ class GanAnomalyModule(L.LightningModule):
         memory_neighbourhood: positions around a test vector's own whose bank vectors it is
             also matched with (0: its own only).
         memory_weight: the memory's standardised score enters the sum times this.
+        memory_strides: the encoder maps the memory reads, as divisors of the input side
+            (None: 1/4 and 1/8).
         channels_last: keep weights and input batches in channels-last memory format, which
             GPU tensor-core convolutions prefer (cuDNN NHWC kernels), in bf16 above all. Off
             by default everywhere: whether it pays depends on the GPU and on the
@@ -194,6 +197,7 @@ class GanAnomalyModule(L.LightningModule):
         memory_coreset: float = 1.0,
         memory_neighbourhood: int = 0,
         memory_weight: float = 1.0,
+        memory_strides: list[int] | None = None,
     ) -> None:
         super().__init__()
         check_companion(companion)
@@ -229,6 +233,7 @@ class GanAnomalyModule(L.LightningModule):
                 coreset=memory_coreset,
                 neighbourhood=memory_neighbourhood,
                 weight=memory_weight,
+                strides=check_strides(memory_strides, image_size),
             )
             if memory
             else None
@@ -364,11 +369,18 @@ class GanAnomalyModule(L.LightningModule):
             return
         # Only the images the bank keeps stay in memory for the whole run.
         self._memory_normals = self.memory.kept(normals)
+        # The encoder must give the maps model.memory_strides names: say so now, not at
+        # the first validation after an epoch of training.
+        training = self.generator.training
+        self.generator.eval()
+        with torch.no_grad():
+            self.memory_features(self._memory_normals[:1].to(self.device))
+        self.generator.train(training)
 
     def memory_features(self, image: Tensor) -> Tensor:
         """The feature memory's local features (B, C, S/4, S/4) of square images of the
         model's size (:func:`~anomaly_gan.feature_memory.local_features`)."""
-        return encoder_features(self.generator, image)
+        return encoder_features(self.generator, image, self.memory.strides)
 
     def untrained_memory(self, seed: int = 0) -> UntrainedMemory | None:
         """The feature memory's no-learning reference (:class:`UntrainedMemory`): a new
@@ -386,6 +398,7 @@ class GanAnomalyModule(L.LightningModule):
             self.memory.coreset,
             self.memory.neighbourhood,
             self.memory.weight,
+            self.memory.strides,
         )
 
     @torch.no_grad()
