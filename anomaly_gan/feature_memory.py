@@ -243,6 +243,18 @@ class FeatureMemory(nn.Module):
         keep = torch.randperm(normals.shape[0], generator=generator)[: self.max_normals]
         return normals[keep.sort().values.to(normals.device)]
 
+    def unfitted_copy(self) -> FeatureMemory:
+        """An empty memory of the same settings (what it keeps, how it matches and weighs,
+        which maps it reads)."""
+        return FeatureMemory(
+            self.max_normals,
+            self.seed,
+            coreset=self.coreset,
+            neighbourhood=self.neighbourhood,
+            weight=self.weight,
+            strides=self.strides,
+        )
+
     def coreset_size(self, count: int) -> int:
         """Vectors per position the bank keeps of ``count``."""
         return count if self.coreset >= 1.0 else max(1, math.ceil(self.coreset * count))
@@ -378,31 +390,14 @@ class UntrainedMemory:
 
     Args:
         generator: a freshly initialised generator of the model's architecture (eval mode).
-        max_normals: training images kept in the bank, as the model's memory keeps.
+        like: the model's memory, whose settings this one keeps, matches, weighs and reads by.
         device: where the encoder runs; features and scores come back on the CPU.
-        coreset, neighbourhood, weight, strides: as the model's memory keeps, matches,
-            weighs and reads.
     """
 
-    def __init__(
-        self,
-        generator: nn.Module,
-        max_normals: int,
-        device: torch.device,
-        coreset: float = 1.0,
-        neighbourhood: int = 0,
-        weight: float = 1.0,
-        strides: tuple[int, ...] = FEATURE_STRIDES,
-    ) -> None:
+    def __init__(self, generator: nn.Module, like: FeatureMemory, device: torch.device) -> None:
         self.generator = generator.to(device).eval()
         self.device = device
-        self.memory = FeatureMemory(
-            max_normals,
-            coreset=coreset,
-            neighbourhood=neighbourhood,
-            weight=weight,
-            strides=strides,
-        )
+        self.memory = like.unfitted_copy()
 
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:

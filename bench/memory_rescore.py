@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -52,26 +53,11 @@ def scores_of(model: nn.Module, images: Tensor) -> Tensor:
         return torch.cat([model(chunk) for chunk in images.split(64)])
 
 
-def with_memory(
-    run_model: nn.Module,
-    memory_normals: int,
-    coreset: float = 1.0,
-    neighbourhood: int = 0,
-    weight: float = 1.0,
-    strides: list[int] | None = None,
-) -> nn.Module:
-    """The run's architecture and loaded weights with ``memory="encoder"`` (its bank thinned
-    to ``coreset``): the memory is rebuilt by the validation, whether or not the run's state
-    dict held one."""
-    hparams = {
-        **run_model.hparams,
-        "memory": "encoder",
-        "memory_normals": memory_normals,
-        "memory_coreset": coreset,
-        "memory_neighbourhood": neighbourhood,
-        "memory_weight": weight,
-        "memory_strides": strides,
-    }
+def with_memory(run_model: nn.Module, options: dict[str, Any]) -> nn.Module:
+    """The run's architecture and loaded weights with ``memory="encoder"`` and the memory
+    hyper-parameters ``options`` (``memory_normals``, ``memory_coreset`` ...): the memory is
+    rebuilt by the validation, whether or not the run's state dict held one."""
+    hparams = {**run_model.hparams, "memory": "encoder", **options}
     model = type(run_model)(**hparams)
     model.load_state_dict(run_model.state_dict(), strict=True)
     return model
@@ -89,13 +75,9 @@ def rescore(
     run_dir: Path,
     root: Path,
     fraction: float,
-    memory_normals: int,
+    options: dict[str, Any],
     test_part: str = "selection",
     report_table: Path | None = None,
-    coreset: float = 1.0,
-    neighbourhood: int = 0,
-    weight: float = 1.0,
-    strides: list[int] | None = None,
 ) -> dict:
     started = time.perf_counter()
     results = json.loads((run_dir / "results.json").read_text())
@@ -124,7 +106,7 @@ def rescore(
                 f"{row['auroc']:.4f}: not the same checkpoint"
             )
         reference = row["reference_auroc"]
-    model = with_memory(run_model, memory_normals, coreset, neighbourhood, weight, strides)
+    model = with_memory(run_model, options)
     model.read_memory_normals(datamodule)
     trainer = L.Trainer(
         accelerator="cpu",
@@ -164,10 +146,7 @@ def rescore(
             if name.endswith("+memory") and value.get("auroc") is not None
         },
         "vectors_per_position": int(model.memory.bank.shape[1]),
-        "memory_normals": memory_normals,
-        "memory_coreset": coreset,
-        "memory_neighbourhood": neighbourhood,
-        "memory_weight": weight,
+        **options,
         "memory_strides": list(model.memory.strides),
         # What the bank adds to a checkpoint, and the test images' scoring time with it.
         "bank_megabytes": round(model.memory.bank.numel() * 2 / 1e6, 2),
@@ -329,18 +308,21 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help="append results (JSON lines)")
     args = parser.parse_args()
+    options = {
+        "memory_normals": args.memory_normals,
+        "memory_coreset": args.memory_coreset,
+        "memory_neighbourhood": args.memory_neighbourhood,
+        "memory_weight": args.memory_weight,
+        "memory_strides": args.memory_strides,
+    }
     for run_dir in args.run_dirs:
         row = rescore(
             run_dir,
             args.root,
             args.selection_fraction,
-            args.memory_normals,
+            options,
             args.test_part,
             args.report_table,
-            args.memory_coreset,
-            args.memory_neighbourhood,
-            args.memory_weight,
-            args.memory_strides,
         )
         emit_row(row, args.out)
 

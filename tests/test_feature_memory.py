@@ -252,7 +252,7 @@ def test_the_coreset_keeps_a_share_of_each_positions_vectors_that_covers_the_res
     # The model passes it on, and its no-learning reference keeps the same share.
     model = Ganomaly(image_size=32, channels=3, memory="encoder", memory_coreset=0.25)
     assert model.memory.coreset == 0.25 and model.hparams.memory_coreset == 0.25
-    untrained = UntrainedMemory(model.generator, 32, torch.device("cpu"), model.memory.coreset)
+    untrained = UntrainedMemory(model.generator, model.memory, torch.device("cpu"))
     untrained.fit(torch.randn(20, 3, 32, 32))
     assert untrained.memory.bank.shape[:2] == (8 * 8, 5)
 
@@ -282,7 +282,7 @@ def test_the_memory_reads_the_encoder_maps_its_strides_name(cache_dir: Path) -> 
     assert deep.shape[-2:] == (8, 8)  # the finer of the two: 1/8 of 64 px
     widths = {m.shape[-1]: m.shape[1] for m in maps}
     assert deep.shape[1] == widths[8] + widths[4]
-    untrained = UntrainedMemory(model.generator, 8, torch.device("cpu"), strides=(8, 16))
+    untrained = UntrainedMemory(model.generator, model.memory, torch.device("cpu"))
     untrained.fit(torch.randn(6, 3, 64, 64))
     assert untrained.memory.bank.shape[:2] == (8 * 8, 6)
     assert Ganomaly(image_size=64, channels=3, memory="encoder").memory.strides == (4, 8)

@@ -391,15 +391,7 @@ class GanAnomalyModule(L.LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             fresh = type(self)(**self.hparams)
-        return UntrainedMemory(
-            fresh.generator,
-            self.memory.max_normals,
-            self.device,
-            self.memory.coreset,
-            self.memory.neighbourhood,
-            self.memory.weight,
-            self.memory.strides,
-        )
+        return UntrainedMemory(fresh.generator, self.memory, self.device)
 
     @torch.no_grad()
     def _refit_memory(self) -> None:
