@@ -10,6 +10,19 @@
 #                                            # bench/results/, new sections into BENCHMARKS.md
 #   SMOKE=1 bash bench/gpu_check.sh          # the plumbing on CPU, tiny sizes, a few minutes
 #
+# CHECK=length (issue 14's GPU question: does the papers' training length lift the GANs over
+# the no-learning references?) runs bench/quality.py on the four real sets instead, selection
+# part, seed 0, at ITERATIONS (default 10000, the papers') and then at the default 250 as a
+# control on the same device, data and arithmetic:
+#   CHECK=length bash bench/gpu_check.sh --prepare   # .gpu/ = wheels + the four sets at half
+#                                                    # size (113 MB whole; 64 MiB may travel)
+#   run(command="CHECK=length bash bench/gpu_check.sh", carry=[".gpu"], timeout_s=600)
+#   CHECK=length SMOKE=1 bash bench/gpu_check.sh     # the plumbing on CPU, 4 iterations
+# What comes back: $OUT/length_<iterations>_<device>.{json,md} and gpu_length_runs.tar.gz
+# (every run folder without checkpoints); no --merge: copy them to bench/results/budget_study/.
+# Half-size images change the 64 px inputs only by the rounding of two area resizes instead
+# of one; the 250-iteration control reads the same files.
+#
 # Results: $OUT (default bench/results/gpu): summary.md, gpu_check.tar.gz (the JSON files,
 # the changed BENCHMARKS.md, one log per part) and status.txt (each part: ok / failed /
 # timed out / skipped). Nothing in the working tree is written: the bench scripts write into
@@ -27,19 +40,28 @@ WHEELS="hydra-core==1.3.8 omegaconf==2.3.1 albumentations==2.0.8 albucore==0.0.2
 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
 stringzilla==5.3.2 simsimd==6.5.16"
 PREP_SET=${PREP_SET:-magnetic_tile}
+LENGTH_SETS="magnetic_tile mvtec3d_tire elpv mpdd_metal_plate"
 
 prepare() {
   local pip="${PYTHON:-.venv/bin/python} -m pip"
   mkdir -p .gpu/whl .gpu/data
-  grep -qxF "/.gpu/" .git/info/exclude 2>/dev/null || echo "/.gpu/" >>.git/info/exclude
+  local exclude
+  exclude=$(git rev-parse --git-path info/exclude) && mkdir -p "$(dirname "$exclude")"
+  grep -qxF "/.gpu/" "$exclude" 2>/dev/null || echo "/.gpu/" >>"$exclude"
   local platforms="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
   # shellcheck disable=SC2086
   $pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     $platforms -d .gpu/whl $WHEELS || return 1
   $pip wheel -q --no-deps -w .gpu/whl antlr4-python3-runtime==4.9.3 || return 1
-  rm -rf ".gpu/data/$PREP_SET"
-  cp -r "../shared/data/$PREP_SET" ".gpu/data/$PREP_SET" || return 1
+  if [ "${CHECK:-speed}" = length ]; then
+    rm -rf .gpu/data && mkdir -p .gpu/data
+    "${PYTHON:-.venv/bin/python}" bench/gpu_check_data.py ../shared/data .gpu/data $LENGTH_SETS \
+      --min-side 64 || return 1
+  else
+    rm -rf ".gpu/data/$PREP_SET"
+    cp -r "../shared/data/$PREP_SET" ".gpu/data/$PREP_SET" || return 1
+  fi
   du -sh .gpu
   echo "carry=[\".gpu\"] (must stay under the 64 MiB the working tree may take)"
 }
@@ -111,6 +133,32 @@ part() {
   [ $rc -ne 0 ] && [ "$verdict" = ok ] && verdict="failed (exit $rc)"
   echo "$name: $verdict, $(($(date +%s) - t0)) s" | tee -a "$STATUS"
 }
+
+if [ "${CHECK:-speed}" = length ]; then
+  # The question first (rows are written after every run, so a part cut by its limit keeps
+  # what finished), then the control. All 8 runs share the GPU at once (each is bound by its
+  # Python and kernel launches, not by the GPU); 2 data workers and 2 threads each.
+  if [ "$DEVICE" = cuda ]; then TRAINER=gpu ITS=${ITERATIONS:-10000} CONTROL=250 JOBS=8; else
+    TRAINER=cpu ITS=${ITERATIONS:-4} CONTROL=2 JOBS=2; fi
+  LENGTH_MODELS=${LENGTH_MODELS:-ganomaly baseline}
+  for its in $ITS $CONTROL; do
+    limit=$((its == CONTROL ? 150 : 400))
+    part "length_$its" $limit "$PY" bench/quality.py --root "$DATA_ROOT" \
+      --datasets $LENGTH_SETS --models $LENGTH_MODELS --seeds 0 --test-part selection \
+      --jobs ${LENGTH_JOBS:-$JOBS} --threads 2 --work-dir "$WORK/runs_$its" \
+      --out "$OUT/length_${its}_$DEVICE.json" -- trainer=$TRAINER iterations=$its \
+      data.num_workers=2
+    pkill -f "train.py" 2>/dev/null && sleep 3  # runs a cut part left behind
+  done
+  # Every run's folder but its checkpoints: results.json, per-image scores, metrics.csv (the
+  # steps a cut run reached and its seconds), the composed config.
+  tar -czf "$OUT/gpu_length_runs.tar.gz" --exclude='*.ckpt' --exclude='*.onnx' -C "$WORK" \
+    logs $(cd "$WORK" && ls -d runs_* 2>/dev/null)
+  rm -rf "$WORK" 2>/dev/null
+  echo "done in $(($(date +%s) - START)) s: $OUT/{length_*,status.txt,gpu_length_runs.tar.gz}" \
+    | tee -a "$STATUS"
+  exit 0
+fi
 
 # In order of what the issue needs most; the fp32 comparison goes last.
 part speed_bf16_cl 170 "$PY" bench/speed.py --device $DEVICE --precision bf16-mixed \
