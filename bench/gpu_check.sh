@@ -141,13 +141,17 @@ if [ "${CHECK:-speed}" = length ]; then
   if [ "$DEVICE" = cuda ]; then TRAINER=gpu ITS=${ITERATIONS:-10000} CONTROL=250 JOBS=8; else
     TRAINER=cpu ITS=${ITERATIONS:-4} CONTROL=2 JOBS=2; fi
   LENGTH_MODELS=${LENGTH_MODELS:-ganomaly baseline}
+  # A run that cannot reach ITS updates in 5 minutes stops there and still validates, picks
+  # its checkpoint and tests (results.json: global_step), so a slow GPU gives shorter rows,
+  # not none.
+  CAP="trainer.max_time='${LENGTH_MAX_TIME:-00:00:05:00}'"
   for its in $ITS $CONTROL; do
     limit=$((its == CONTROL ? 150 : 400))
     part "length_$its" $limit "$PY" bench/quality.py --root "$DATA_ROOT" \
       --datasets $LENGTH_SETS --models $LENGTH_MODELS --seeds 0 --test-part selection \
       --jobs ${LENGTH_JOBS:-$JOBS} --threads 2 --work-dir "$WORK/runs_$its" \
       --out "$OUT/length_${its}_$DEVICE.json" -- trainer=$TRAINER iterations=$its \
-      data.num_workers=2
+      data.num_workers=2 "$CAP"
     pkill -f "train.py" 2>/dev/null && sleep 3  # runs a cut part left behind
   done
   # Every run's folder but its checkpoints: results.json, per-image scores, metrics.csv (the
