@@ -21,7 +21,8 @@
 # What comes back: $OUT/length_<iterations>_<device>.{json,md} and gpu_length_runs.tar.gz
 # (every run folder without checkpoints); no --merge: copy them to bench/results/budget_study/.
 # Half-size images change the 64 px inputs only by the rounding of two area resizes instead
-# of one; the 250-iteration control reads the same files.
+# of one; the 250-iteration control reads the same files. Each check's --prepare replaces
+# the other's .gpu/data: prepare for the check you will run.
 #
 # Results: $OUT (default bench/results/gpu): summary.md, gpu_check.tar.gz (the JSON files,
 # the changed BENCHMARKS.md, one log per part) and status.txt (each part: ok / failed /
