@@ -56,9 +56,9 @@ def check_memory(memory: str | None) -> None:
 def local_features(
     maps: list[Tensor], side: int, strides: tuple[int, ...] = FEATURE_STRIDES
 ) -> Tensor:
-    """(B, C, side/4, side/4): the maps at 1/4 and 1/8 of ``side`` (or at 1/s for each of
-    ``strides``), the coarser upsampled to the finest, concatenated and averaged over 3 × 3
-    neighbourhoods."""
+    """(B, C, side/s, side/s) for s the smallest of ``strides`` (default 4): the maps at 1/s
+    of ``side`` for each of ``strides`` (default 1/4 and 1/8), the coarser upsampled to the
+    finest, concatenated and averaged over 3 × 3 neighbourhoods."""
     wanted = {side // stride for stride in strides}
     chosen = sorted(
         (m for m in maps if m.shape[-1] in wanted), key=lambda m: m.shape[-1], reverse=True
@@ -115,8 +115,8 @@ def greedy_coreset(vectors: Tensor, keep: int) -> Tensor:
 def encoder_features(
     generator: nn.Module, image: Tensor, strides: tuple[int, ...] = FEATURE_STRIDES
 ) -> Tensor:
-    """The memory's local features (B, C, S/4, S/4) of square images (B, C, S, S) through
-    ``generator.encoder_maps`` (:func:`local_features`)."""
+    """The memory's local features (B, C, S/s, S/s), s the smallest of ``strides``, of square
+    images (B, C, S, S) through ``generator.encoder_maps`` (:func:`local_features`)."""
     side = image.shape[-1]
     return local_features(generator.encoder_maps(image, side // max(strides)), side, strides)
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from anomaly_gan.data.mvtec import IMAGE_EXTENSIONS  # the data modules' list
 
 
 def shrink(source: Path, target: Path, *, mask: bool, min_side: int) -> None:
@@ -50,7 +52,7 @@ def copy_half_size(root: Path, out: Path, name: str, *, min_side: int = 64) -> i
         relative = source.relative_to(source_set)
         target = out / name / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        if source.suffix.lower() in IMAGE_SUFFIXES:
+        if source.suffix.lower() in IMAGE_EXTENSIONS:
             shrink(source, target, mask="ground_truth" in relative.parts, min_side=min_side)
         else:
             shutil.copy2(source, target)

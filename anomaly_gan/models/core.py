@@ -378,8 +378,9 @@ class GanAnomalyModule(L.LightningModule):
         self.generator.train(training)
 
     def memory_features(self, image: Tensor) -> Tensor:
-        """The feature memory's local features (B, C, S/4, S/4) of square images of the
-        model's size (:func:`~anomaly_gan.feature_memory.local_features`)."""
+        """The feature memory's local features (B, C, S/s, S/s; s the smallest of
+        ``model.memory_strides``, 4 by default) of square images of the model's size
+        (:func:`~anomaly_gan.feature_memory.local_features`)."""
         return encoder_features(self.generator, image, self.memory.strides)
 
     def untrained_memory(self, seed: int = 0) -> UntrainedMemory | None:
